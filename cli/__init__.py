@@ -1,0 +1,1 @@
+"""The ``wsidet`` command line (installed as ``wsidet.cli``)."""

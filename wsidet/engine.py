@@ -1,0 +1,371 @@
+"""The detector: one resident model per process, batched tiles, decoding on the device.
+
+A :class:`Detector` builds its method's network once, loads weights, moves it to the device and
+keeps it there. ``detect(image)`` cuts the image into model tiles (each grown by the network's
+receptive radius), runs them in batches (fp16 autocast on CUDA), stitches the output maps on the
+device and decodes points there, so only points come back to the host.
+
+Tasks on dask workers do not carry a model: they carry a :class:`DetectorSpec` (a small,
+hashable, picklable recipe) and call ``spec.get()``, which returns this process's detector for
+that recipe, building it on first use. A lost worker therefore costs only its tasks, which rerun
+elsewhere and build the model there once (dask's ``Actor`` would fail every call instead).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import math
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from wsidet.errors import DeviceError, WeightsError
+from wsidet.methods.base import Method
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+#: Default model tile edge (core, before the receptive-radius margin), in working pixels.
+DEFAULT_TILE = 1024
+DEFAULT_BATCH_SIZE = 4
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    """The torch device to run on: CUDA if available when ``device`` is None.
+
+    Raises
+    ------
+    DeviceError
+        A CUDA device was asked for and none is available, or the name is not a device.
+    """
+    import torch
+
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise DeviceError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError("device 'cuda' was requested but no CUDA device is available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"device {device!r} does not exist ({torch.cuda.device_count()} CUDA devices)"
+            )
+    return dev
+
+
+def weights_hash(path: str | os.PathLike[str] | None) -> str | None:
+    """``sha256:`` + the first 16 hex digits of a weights file's SHA-256 (None for none)."""
+    if path is None:
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Tensors and string metadata of a weights file (safetensors, or a plain torch file).
+
+    Torch files are read with ``weights_only=True``: nothing is unpickled but tensors.
+
+    Raises
+    ------
+    WeightsError
+        The file is missing or is neither format.
+    """
+    import torch
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise WeightsError(f"weights file not found: {path!r}")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+        return tensors, meta
+    except Exception as st_exc:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            raise WeightsError(
+                f"cannot read weights {path!r}: not a safetensors or torch file ({st_exc})"
+            ) from None
+    if isinstance(obj, Mapping) and "state_dict" in obj:
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(k, str) for k in obj):
+        raise WeightsError(f"weights {path!r} do not hold a state dict")
+    return dict(obj), {}
+
+
+def load_weights(network: torch.nn.Module, path: str | os.PathLike[str], method: Method) -> None:
+    """Load a weights file into ``network``, checking that it belongs to ``method``.
+
+    Raises
+    ------
+    WeightsError
+        The method takes no weights, the file names another method, or its tensors do not
+        fit the network (missing, unexpected or differently shaped).
+    """
+    if not method.trainable:
+        raise WeightsError(
+            f"method {method.name!r} has no trainable parameters and takes no weights "
+            f"(got {os.fspath(path)!r})"
+        )
+    tensors, meta = read_state_dict(path)
+    owner = meta.get("wsidet.method")
+    if owner is not None and owner != method.name:
+        raise WeightsError(
+            f"weights {os.fspath(path)!r} were trained for method {owner!r}, not {method.name!r}"
+        )
+    expected = network.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    shared = set(expected) & set(tensors)
+    wrong = sorted(k for k in shared if tuple(expected[k].shape) != tuple(tensors[k].shape))
+    if missing or unexpected or wrong:
+        parts = []
+        problems = (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+        for label, keys in problems:
+            if keys:
+                parts.append(f"{len(keys)} {label} (e.g. {keys[0]!r})")
+        raise WeightsError(
+            f"weights {os.fspath(path)!r} do not match method {method.name!r}: " + ", ".join(parts)
+        )
+    network.load_state_dict(tensors, strict=True)
+
+
+def _axis_windows(length: int, core: int, margin: int) -> list[tuple[int, int, int, int]]:
+    """Model tiles along one axis: (core_start, core_stop, input_start, input_stop)."""
+    out = []
+    for start in range(0, length, core):
+        stop = min(length, start + core)
+        out.append((start, stop, max(0, start - margin), min(length, stop + margin)))
+    return out
+
+
+class Detector:
+    """A method's network resident on a device, turning RGB images into points.
+
+    Parameters
+    ----------
+    method : Method
+    weights : path, optional
+        Weights for a trainable method (safetensors or a torch state dict).
+    device : str, optional
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"``; default CUDA when available.
+    tile : int
+        Model tile edge in pixels (rounded to the method's stride); larger tiles waste less on
+        margins, smaller ones need less memory.
+    batch_size : int
+        Tiles per forward pass.
+    amp : bool, optional
+        fp16 autocast; default on for CUDA.
+    network : torch.nn.Module, optional
+        Use this network instead of building one (tests, training loops).
+
+    Raises
+    ------
+    WeightsError
+        A trainable method got no weights (and no network), or the weights do not match.
+    DeviceError
+        The device is not available.
+    """
+
+    def __init__(
+        self,
+        method: Method,
+        *,
+        weights: str | os.PathLike[str] | None = None,
+        device: str | None = None,
+        tile: int = DEFAULT_TILE,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        amp: bool | None = None,
+        network: torch.nn.Module | None = None,
+    ) -> None:
+        import torch
+
+        if tile < 1 or batch_size < 1:
+            raise ValueError(f"tile and batch_size must be >= 1, got {tile}, {batch_size}")
+        self.method = method
+        self.device = resolve_device(device)
+        if network is None:
+            network = method.build_network()
+            if weights is not None:
+                load_weights(network, weights, method)
+            elif method.trainable:
+                raise WeightsError(
+                    f"method {method.name!r} needs trained weights; pass weights= "
+                    "(CLI: --weights FILE)"
+                )
+        elif weights is not None:
+            load_weights(network, weights, method)
+        self.network = network.to(self.device).eval()
+        self.amp = (self.device.type == "cuda") if amp is None else bool(amp)
+        self.batch_size = int(batch_size)
+        stride = method.stride
+        self.tile = max(stride, math.ceil(tile / stride) * stride)
+        self.margin = math.ceil(method.receptive_radius / stride) * stride
+        # One forward at a time per device: on CPU torch already uses every core, on GPU
+        # concurrent batches only compete for memory. Reading and ownership run outside it.
+        self._lock = threading.Lock()
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+
+    def __repr__(self) -> str:
+        return (
+            f"Detector({self.method.name!r}, device={str(self.device)!r}, tile={self.tile}, "
+            f"batch_size={self.batch_size}, amp={self.amp})"
+        )
+
+    def predict(self, image: npt.NDArray[np.uint8] | torch.Tensor) -> dict[str, torch.Tensor]:
+        """Network output maps of a whole image, stitched from model tiles.
+
+        Parameters
+        ----------
+        image : ndarray or Tensor, shape (H, W, 3), uint8
+
+        Returns
+        -------
+        dict of str to Tensor, each (C, H, W) float32 on the detector's device
+        """
+        import torch
+
+        x = self._to_tensor(image)  # (3, H, W) float in [0, 1] on the device
+        _, height, width = x.shape
+        stride = self.method.stride
+        tiles = [
+            (ry, rx)
+            for ry in _axis_windows(height, self.tile, self.margin)
+            for rx in _axis_windows(width, self.tile, self.margin)
+        ]
+        groups: dict[tuple[int, int], list[tuple[Any, Any]]] = {}
+        for ry, rx in tiles:
+            shape = (ry[3] - ry[2], rx[3] - rx[2])
+            groups.setdefault(shape, []).append((ry, rx))
+        canvas: dict[str, torch.Tensor] = {}
+        with (
+            torch.inference_mode(),
+            torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp),
+        ):
+            for (h, w), members in groups.items():
+                # Zero-pad at the far edges to a multiple of the stride; input starts are
+                # already multiples of it, so every block sees the same pooling phase.
+                ph, pw = (-h) % stride, (-w) % stride
+                for b in range(0, len(members), self.batch_size):
+                    batch = members[b : b + self.batch_size]
+                    inputs = torch.stack([x[:, ry[2] : ry[3], rx[2] : rx[3]] for ry, rx in batch])
+                    if ph or pw:
+                        inputs = torch.nn.functional.pad(inputs, (0, pw, 0, ph))
+                    outputs = self.network(inputs)
+                    for name, maps in outputs.items():
+                        if name not in canvas:
+                            canvas[name] = torch.empty(
+                                (maps.shape[1], height, width), dtype=torch.float32, device=x.device
+                            )
+                        for k, (ry, rx) in enumerate(batch):
+                            oy, ox = ry[0] - ry[2], rx[0] - rx[2]
+                            canvas[name][:, ry[0] : ry[1], rx[0] : rx[1]] = maps[
+                                k, :, oy : oy + ry[1] - ry[0], ox : ox + rx[1] - rx[0]
+                            ].float()
+        return canvas
+
+    def detect(
+        self, image: npt.NDArray[np.uint8] | torch.Tensor, **decode_params: Any
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float32]]:
+        """Points of nuclei in an image.
+
+        Parameters
+        ----------
+        image : ndarray or Tensor, shape (H, W, 3), uint8
+        **decode_params
+            Overrides of the method's decode parameters.
+
+        Returns
+        -------
+        points_yx : ndarray, shape (n, 2), float64
+            Pixel indices in ``image`` (pixel centres are integers).
+        scores : ndarray, shape (n,), float32
+        """
+        with self._lock:
+            maps = self.predict(image)
+            points, scores = self.method.decode(maps, **decode_params)
+            return (
+                points.detach().cpu().numpy().astype(np.float64),
+                scores.detach().float().cpu().numpy(),
+            )
+
+    def _to_tensor(self, image: npt.NDArray[np.uint8] | torch.Tensor) -> torch.Tensor:
+        import torch
+
+        if isinstance(image, np.ndarray):
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+            tensor = torch.from_numpy(np.ascontiguousarray(image))
+        else:
+            tensor = image
+        # Move as uint8 (4x less traffic than float), convert on the device.
+        tensor = tensor.to(self.device, non_blocking=True).permute(2, 0, 1)
+        return tensor.float().div_(255.0)
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """A picklable recipe for a :class:`Detector`; ``get()`` returns this process's instance.
+
+    Parameters mirror :class:`Detector`. ``weights`` is kept as a string path; its size and
+    modification time are part of the cache key so a replaced file is reloaded.
+    """
+
+    method: Method
+    weights: str | None = None
+    device: str | None = None
+    tile: int = DEFAULT_TILE
+    batch_size: int = DEFAULT_BATCH_SIZE
+    amp: bool | None = None
+
+    def get(self) -> Detector:
+        """The resident detector for this spec in the current process (built on first use)."""
+        stamp = None
+        if self.weights is not None and os.path.isfile(self.weights):
+            st = os.stat(self.weights)
+            stamp = (st.st_size, st.st_mtime_ns)
+        return _resident_detector(self, stamp)
+
+    @property
+    def weights_hash(self) -> str | None:
+        """Content hash of the weights file (None without weights)."""
+        return weights_hash(self.weights) if self.weights else None
+
+
+@functools.lru_cache(maxsize=4)
+def _resident_detector(spec: DetectorSpec, stamp: tuple[int, int] | None) -> Detector:
+    logger.info("loading %s on %s", spec.method.name, spec.device or "auto")
+    return Detector(
+        spec.method,
+        weights=Path(spec.weights) if spec.weights else None,
+        device=spec.device,
+        tile=spec.tile,
+        batch_size=spec.batch_size,
+        amp=spec.amp,
+    )
+
+
+def clear_resident_detectors() -> None:
+    """Drop this process's cached detectors (frees their device memory)."""
+    _resident_detector.cache_clear()

@@ -1,0 +1,322 @@
+"""Detections on disk: GeoParquet 1.1, QuPath GeoJSON, and reading them back.
+
+Schema (one row per nucleus): ``x``, ``y`` (float64, level-0 pixels, pixel centres at +0.5),
+``score`` (float32), ``method`` and ``slide_id`` (categorical), ``geometry`` (Point, no CRS:
+pixel space). Slide and run metadata ride in ``GeoDataFrame.attrs["wsidet"]``, which geopandas
+stores in the Parquet file metadata and restores on read.
+
+Every write is atomic: the file is written under a temporary name in the same folder and
+renamed into place, so a crash never leaves half a file under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gzip
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from wsidet.errors import OutputExistsError, WsidetError
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+
+#: QuPath class of every detection, and its display colour.
+QUPATH_CLASS = {"name": "Nucleus", "color": [220, 40, 40]}
+FORMATS = ("parquet", "geojson", "geojson.gz")
+_SUFFIX = {"parquet": ".parquet", "geojson": ".geojson", "geojson.gz": ".geojson.gz"}
+_MANIFEST = "manifest.parquet"
+
+
+def detections_frame(
+    points_xy: npt.NDArray[np.floating[Any]],
+    scores: npt.NDArray[np.floating[Any]],
+    *,
+    method: str,
+    slide_id: str,
+    metadata: dict[str, Any] | None = None,
+) -> gpd.GeoDataFrame:
+    """A GeoDataFrame with the detection schema.
+
+    Parameters
+    ----------
+    points_xy : ndarray, shape (n, 2)
+        Level-0 ``(x, y)``.
+    scores : ndarray, shape (n,)
+    method, slide_id : str
+    metadata : dict, optional
+        JSON-able; stored as ``attrs["wsidet"]``.
+
+    Returns
+    -------
+    geopandas.GeoDataFrame
+    """
+    import geopandas as gpd
+    import pandas as pd
+
+    pts = np.asarray(points_xy, np.float64).reshape(-1, 2)
+    sc = np.asarray(scores, np.float32).reshape(-1)
+    if len(pts) != len(sc):
+        raise ValueError(f"{len(pts)} points but {len(sc)} scores")
+    n = len(pts)
+    frame = gpd.GeoDataFrame(
+        {
+            "x": pts[:, 0],
+            "y": pts[:, 1],
+            "score": sc,
+            "method": pd.Categorical([method] * n, categories=[method]),
+            "slide_id": pd.Categorical([slide_id] * n, categories=[slide_id]),
+        },
+        geometry=gpd.points_from_xy(pts[:, 0], pts[:, 1]),
+        crs=None,
+    )
+    if metadata is not None:
+        frame.attrs["wsidet"] = metadata
+    return frame
+
+
+@functools.cache
+def _file_mode() -> int:
+    """Mode a plain ``open()`` would give a new file (mkstemp makes them 0600)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it to ``path`` on success.
+
+    Raises
+    ------
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is False (checked before and after writing).
+    """
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise OutputExistsError(f"output exists: {str(target)!r} (use --overwrite to replace it)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.chmod(tmp, _file_mode())
+        if overwrite:
+            os.replace(tmp, target)
+        else:
+            # link() fails if the target appeared meanwhile: never clobber without consent.
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                raise OutputExistsError(
+                    f"output exists: {str(target)!r} (use --overwrite to replace it)"
+                ) from None
+            except OSError:  # file systems without hard links
+                os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_geoparquet(
+    frame: gpd.GeoDataFrame, path: str | os.PathLike[str], *, overwrite: bool = False
+) -> Path:
+    """Write detections as GeoParquet 1.1 (WKB points, no CRS), atomically.
+
+    Returns
+    -------
+    pathlib.Path
+        The written file.
+    """
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        frame.to_parquet(tmp, index=False, schema_version="1.1.0", compression="zstd")
+    return Path(path)
+
+
+def _geojson_features(frame: gpd.GeoDataFrame, batch: int = 65536) -> Iterator[str]:
+    """Feature strings, built batch by batch so memory stays flat for millions of points."""
+    cls = json.dumps(QUPATH_CLASS, separators=(",", ":"))
+    head = '{"type":"Feature","geometry":{"type":"Point","coordinates":['
+    props = '"properties":{"objectType":"detection","classification":' + cls
+    x = frame["x"].to_numpy(np.float64)
+    y = frame["y"].to_numpy(np.float64)
+    s = frame["score"].to_numpy(np.float64)
+    for start in range(0, len(x), batch):
+        stop = start + batch
+        yield ",\n".join(
+            f'{head}{xi:.3f},{yi:.3f}]}},{props},"measurements":{{"score":{si:.6g}}}}}}}'
+            for xi, yi, si in zip(x[start:stop], y[start:stop], s[start:stop], strict=True)
+        )
+
+
+def write_geojson(
+    frame: gpd.GeoDataFrame, path: str | os.PathLike[str], *, overwrite: bool = False
+) -> Path:
+    """Write detections as a QuPath-readable GeoJSON FeatureCollection, atomically.
+
+    Each feature is a Point in level-0 pixels with ``properties.objectType = "detection"``, a
+    ``classification`` (name and colour) and the score under ``measurements``. The run
+    metadata is a foreign member ``"wsidet"`` of the collection (RFC 7946 §6.1), which QuPath
+    ignores. A path ending in ``.gz`` is gzip-compressed; QuPath opens plain ``.geojson`` by
+    drag and drop, so decompress first if your version does not read ``.gz``.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    target = Path(path)
+    with atomic_path(target, overwrite=overwrite) as tmp:
+        opener: Any = gzip.open if target.name.endswith(".gz") else open
+        with opener(tmp, "wt", encoding="utf-8") as fh:
+            meta = {
+                "method": _single(frame, "method"),
+                "slide_id": _single(frame, "slide_id"),
+                **frame.attrs.get("wsidet", {}),
+            }
+            fh.write('{"type":"FeatureCollection","wsidet":')
+            fh.write(json.dumps(meta, separators=(",", ":"), default=str))
+            fh.write(',"features":[\n')
+            first = True
+            for chunk in _geojson_features(frame):
+                if chunk:
+                    fh.write(chunk if first else ",\n" + chunk)
+                    first = False
+            fh.write("\n]}\n")
+    return target
+
+
+def output_paths(
+    out_dir: str | os.PathLike[str], slide_id: str, formats: Sequence[str]
+) -> dict[str, Path]:
+    """Where :func:`write_detections` puts each format for a slide.
+
+    Raises
+    ------
+    ValueError
+        An unknown format.
+    """
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"formats must be some of {', '.join(FORMATS)}, got {list(formats)}")
+    return {f: Path(out_dir) / f"{slide_id}{_SUFFIX[f]}" for f in dict.fromkeys(formats)}
+
+
+def write_detections(
+    frame: gpd.GeoDataFrame,
+    out_dir: str | os.PathLike[str],
+    *,
+    formats: Sequence[str] = ("parquet", "geojson"),
+    overwrite: bool = False,
+) -> dict[str, Path]:
+    """Write one slide's detections in several formats; nothing is written if any exists.
+
+    Parameters
+    ----------
+    frame : GeoDataFrame
+        From :func:`wsidet.detect_slide` (its ``slide_id`` names the files).
+    out_dir : path
+    formats : sequence of str
+        Some of ``parquet``, ``geojson``, ``geojson.gz``.
+    overwrite : bool
+
+    Returns
+    -------
+    dict of str to pathlib.Path
+    """
+    slide_id = _slide_id(frame)
+    paths = output_paths(out_dir, slide_id, formats)
+    if not overwrite:
+        existing = [str(p) for p in paths.values() if p.exists()]
+        if existing:
+            raise OutputExistsError(
+                f"output exists: {existing[0]!r} (use --overwrite to replace it)"
+            )
+    writers = {"parquet": write_geoparquet, "geojson": write_geojson, "geojson.gz": write_geojson}
+    for fmt, path in paths.items():
+        writers[fmt](frame, path, overwrite=overwrite)
+    return paths
+
+
+def _single(frame: gpd.GeoDataFrame, column: str) -> str | None:
+    """The one category of a categorical column, if it has exactly one."""
+    if column not in frame:
+        return None
+    cats = frame[column].cat.categories
+    return str(cats[0]) if len(cats) == 1 else None
+
+
+def _slide_id(frame: gpd.GeoDataFrame) -> str:
+    meta = frame.attrs.get("wsidet", {})
+    slide_id = meta.get("slide", {}).get("slide_id")
+    if slide_id:
+        return str(slide_id)
+    single = _single(frame, "slide_id")
+    if single is None:
+        raise ValueError("frame must hold one slide (set attrs['wsidet']['slide']['slide_id'])")
+    return single
+
+
+def _read_geojson(path: Path) -> gpd.GeoDataFrame:
+    opener: Any = gzip.open if path.name.endswith(".gz") else open
+    fh: IO[str]
+    with opener(path, "rt", encoding="utf-8") as fh:
+        doc = json.load(fh)
+    feats = doc.get("features", [])
+    xy = np.array([f["geometry"]["coordinates"][:2] for f in feats], np.float64).reshape(-1, 2)
+    scores = np.array(
+        [f.get("properties", {}).get("measurements", {}).get("score", np.nan) for f in feats],
+        np.float32,
+    )
+    meta = doc.get("wsidet") or {}
+    method = meta.pop("method", None) or "unknown"
+    slide_id = meta.pop("slide_id", None) or path.name.split(".")[0]
+    return detections_frame(xy, scores, method=method, slide_id=slide_id, metadata=meta or None)
+
+
+def read_detections(path: str | os.PathLike[str]) -> gpd.GeoDataFrame:
+    """Detections as a GeoDataFrame, from a file or a folder of per-slide files.
+
+    Parameters
+    ----------
+    path : path
+        A ``.parquet`` file written by wsidet, a ``.geojson``/``.geojson.gz`` file, or a folder
+        whose ``*.parquet`` files (the manifest excluded) are read and concatenated (with
+        ``slide_id`` telling the slides apart).
+
+    Returns
+    -------
+    geopandas.GeoDataFrame
+        The detection schema; for a single Parquet file, ``attrs["wsidet"]`` holds the slide
+        and run metadata.
+    """
+    import geopandas as gpd
+    import pandas as pd
+
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.glob("*.parquet") if f.name != _MANIFEST)
+        if not files:
+            return detections_frame(np.zeros((0, 2)), np.zeros(0), method="", slide_id="")
+        frames = [gpd.read_parquet(f) for f in files]
+        merged = pd.concat(frames, ignore_index=True)
+        for col in ("method", "slide_id"):
+            merged[col] = merged[col].astype("category")
+        out = gpd.GeoDataFrame(merged, geometry="geometry", crs=None)
+        out.attrs = {}
+        return out
+    if not p.is_file():
+        raise FileNotFoundError(f"no detections at {str(p)!r}")
+    name = p.name.lower()
+    if name.endswith(".parquet"):
+        return gpd.read_parquet(p)
+    if name.endswith((".geojson", ".geojson.gz", ".json")):
+        return _read_geojson(p)
+    raise WsidetError(f"cannot read detections from {str(p)!r}: expected .parquet or .geojson")

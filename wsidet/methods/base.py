@@ -1,0 +1,197 @@
+"""The Method contract: four pure pieces plus the facts the pipeline needs.
+
+A detection method is a frozen dataclass whose fields are its parameters (defaults from its
+paper), so a method value is hashable, comparable and can be rebuilt from its ``params()``:
+
+=========================================  =============================================
+``encode(points_yx, shape)``               training targets from dot annotations
+``build_network()``                        a fully convolutional ``torch.nn.Module``
+``loss(outputs, targets)``                 the paper's loss
+``decode(outputs, **params)``              maps -> (points_yx, scores), torch ops on the device
+``halo``, ``mpp``, ``stride``              facts the pipeline needs
+=========================================  =============================================
+
+Conventions: arrays are (row, col); points are ``yx`` float arrays of shape (n, 2) in pixel
+indices (pixel centres are integers). Networks take float RGB in [0, 1] of shape (N, 3, H, W)
+and return a dict of maps of shape (N, C, H, W) at the input resolution; method-specific input
+normalisation lives inside the network so training and inference cannot disagree. ``decode``
+takes one image's maps, a dict of (C, H, W) tensors.
+
+The halo is computed, never guessed: the network's receptive radius (from its layers) plus the
+decoder's support (how far a decoded point depends on map values around it). A point decoded
+from a block that includes the halo is therefore the point a whole-image pass would decode.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from wsidet.errors import NotTrainableError, ParameterError
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class Method(abc.ABC):
+    """Base class of detection methods; subclasses are frozen dataclasses of parameters.
+
+    Parameters
+    ----------
+    mpp : float
+        Micrometres per pixel the network expects; slides are read at this scale.
+    """
+
+    #: Registry name (``wsidet run --method NAME``).
+    name: ClassVar[str]
+    #: One line shown by ``wsidet methods``.
+    summary: ClassVar[str] = ""
+    #: Paper file in ``shared/papers`` the method follows.
+    paper: ClassVar[str] = ""
+    #: Whether the network has parameters to learn (and so takes ``--weights``).
+    trainable: ClassVar[bool] = True
+    #: Names of the parameters that only change decoding (cheap to sweep in evaluation).
+    decode_params: ClassVar[tuple[str, ...]] = ()
+
+    mpp: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.mpp, int | float) and math.isfinite(self.mpp) and self.mpp > 0):
+            raise ParameterError(f"{self.name}: mpp must be a positive number, got {self.mpp!r}")
+
+    # ---- facts -------------------------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def receptive_radius(self) -> int:
+        """Pixels of input context on each side that one output pixel of the network uses."""
+
+    @property
+    @abc.abstractmethod
+    def decoder_radius(self) -> int:
+        """Pixels of map context on each side that decoding one point uses."""
+
+    @property
+    def stride(self) -> int:
+        """Input sizes and block origins must be multiples of this (network downsampling)."""
+        return 1
+
+    @property
+    def halo(self) -> int:
+        """Context each block needs so tiled detection equals whole-image detection."""
+        total = self.receptive_radius + self.decoder_radius
+        return math.ceil(total / self.stride) * self.stride
+
+    # ---- the four pieces ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def build_network(self) -> torch.nn.Module:
+        """The network, fully convolutional, returning a dict of (N, C, H, W) maps."""
+
+    def encode(
+        self, points_yx: npt.NDArray[np.floating[Any]], shape: tuple[int, int]
+    ) -> dict[str, npt.NDArray[np.float32]]:
+        """Training targets from dot annotations.
+
+        Parameters
+        ----------
+        points_yx : ndarray, shape (n, 2)
+            Annotated centres in pixel indices of the patch.
+        shape : tuple of int
+            Patch size (rows, cols).
+
+        Returns
+        -------
+        dict of str to ndarray, each of shape (C, rows, cols), float32
+        """
+        raise NotTrainableError(f"method {self.name!r} has nothing to train")
+
+    def loss(
+        self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """The paper's loss of a batch of outputs against targets from :meth:`encode`."""
+        raise NotTrainableError(f"method {self.name!r} has nothing to train")
+
+    def decode(
+        self, outputs: Mapping[str, torch.Tensor], **params: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Points from one image's maps, with torch ops on the maps' device.
+
+        Parameters
+        ----------
+        outputs : mapping of str to Tensor, each of shape (C, H, W)
+        **params
+            Overrides of the method's decode parameters (see ``decode_params``).
+
+        Returns
+        -------
+        points_yx : Tensor, shape (n, 2), float32
+        scores : Tensor, shape (n,), float32
+        """
+        method = self.replace(**params) if params else self
+        return method._decode(outputs)
+
+    @abc.abstractmethod
+    def _decode(self, outputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode with this method's own parameters (see :meth:`decode`)."""
+
+    # ---- parameters --------------------------------------------------------------------------
+    @classmethod
+    def param_names(cls) -> tuple[str, ...]:
+        """Names of the method's parameters."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def params(self) -> dict[str, Any]:
+        """Parameters as a JSON-able dict (tuples become lists)."""
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+            for f in dataclasses.fields(self)
+        }
+
+    def replace(self, **params: Any) -> Method:
+        """A copy with some parameters changed.
+
+        Raises
+        ------
+        ParameterError
+            A name is not a parameter of this method, or a value is invalid.
+        """
+        unknown = sorted(set(params) - set(self.param_names()))
+        if unknown:
+            raise ParameterError(
+                f"method {self.name!r} has no parameter {', '.join(map(repr, unknown))}; "
+                f"its parameters are: {', '.join(self.param_names())}"
+            )
+        coerced = {k: _coerce(getattr(self, k), v, self.name, k) for k, v in params.items()}
+        return dataclasses.replace(self, **coerced)
+
+
+def _coerce(current: Any, value: Any, method: str, key: str) -> Any:
+    """Convert a value (e.g. from JSON or the command line) to the type of the default."""
+    try:
+        if isinstance(current, bool):
+            if isinstance(value, str):
+                if value.lower() not in {"true", "false", "1", "0", "yes", "no"}:
+                    raise ValueError(value)
+                return value.lower() in {"true", "1", "yes"}
+            return bool(value)
+        if isinstance(current, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if isinstance(current, float):
+            return float(value)
+        if isinstance(current, tuple):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            kind = type(current[0]) if current else float
+            return tuple(kind(v) for v in items)
+    except (TypeError, ValueError):
+        raise ParameterError(
+            f"method {method!r}: parameter {key!r} must be like {current!r}, got {value!r}"
+        ) from None
+    return value

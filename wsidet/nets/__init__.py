@@ -1,0 +1,1 @@
+"""Network building blocks shared by methods. Modules here import torch at import time."""

@@ -1,0 +1,122 @@
+"""Fixed (non-trainable) network layers: stain separation and Laplacian-of-Gaussian filtering.
+
+Everything is registered as buffers, not parameters, so these modules have no weights to train
+or load, move with ``.to(device)`` and run in half precision under autocast like any network.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+#: Ruifrok & Johnston (2001) stain optical densities, rows H, E, DAB (as in scikit-image).
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
+
+
+class Haematoxylin(nn.Module):
+    """Haematoxylin concentration by colour deconvolution (Ruifrok & Johnston 2001).
+
+    Input RGB in [0, 1] of shape (N, 3, H, W); output (N, 1, H, W), >= 0, large on nuclei.
+    White glass maps to 0, so zero padding at image borders means "glass".
+    """
+
+    weight: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Negated so that log(I) (<= 0) times it gives the positive optical density.
+        weight = -torch.tensor(HED_FROM_RGB[:, 0], dtype=torch.float32).view(1, 3, 1, 1)
+        self.register_buffer("weight", weight)
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) RGB in [0, 1] -> (N, 1, H, W) haematoxylin optical density."""
+        # Beer-Lambert optical density; 1/255 keeps black pixels finite. A weighted sum, not a
+        # 1x1 conv2d: oneDNN's 3->1 channel convolution is 2.5x slower on CPU.
+        log_rgb = torch.log(rgb.float().clamp(min=1.0 / 255.0))
+        return (log_rgb * self.weight).sum(dim=1, keepdim=True).clamp(min=0.0)
+
+
+def gaussian_kernels(sigma: float, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sampled 1-D Gaussian and its second derivative on ``[-radius, radius]``.
+
+    Returns
+    -------
+    g, g2 : Tensor, shape (2 * radius + 1,), float32
+        ``g`` sums to 1; ``g2`` sums to 0 and has second moment 2 (a discrete d²/dt²).
+    """
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    g = torch.exp(-0.5 * (t / sigma) ** 2)
+    g = g / g.sum()
+    g2 = (t**2 / sigma**4 - 1.0 / sigma**2) * g
+    g2 = g2 - g2.mean()
+    g2 = g2 * (2.0 / (g2 * t**2).sum())
+    return g.float(), g2.float()
+
+
+def _fft_size(n: int) -> int:
+    """Smallest integer >= n with no prime factor above 5 (fast FFT lengths)."""
+    while True:
+        m = n
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
+
+
+class LaplacianOfGaussian(nn.Module):
+    """Scale-normalised, negated LoG ``-σ²∇²G_σ``, maximum over several σ.
+
+    Bright blobs of radius about ``σ√2`` give positive peaks at their centres. The kernels are
+    sampled separably (∇²G = G''(y)G(x) + G(y)G''(x)) and applied by FFT, zero-padded by the
+    kernel size so the result equals a zero-padded linear convolution (``conv2d`` with
+    ``padding=radius``) to float32 rounding: on a 2200² block that is 0.3 s instead of 6 s for
+    separable ``conv2d`` on CPU (grouped (1, k) convolutions are slow in oneDNN).
+
+    Parameters
+    ----------
+    sigmas : tuple of float
+        Scales in pixels.
+    truncate : float
+        Kernels extend ``ceil(truncate * σ)`` pixels each side.
+    """
+
+    kernels: torch.Tensor
+
+    def __init__(self, sigmas: tuple[float, ...], truncate: float = 4.0) -> None:
+        super().__init__()
+        self.radius = max(math.ceil(truncate * s) for s in sigmas)
+        kernels = []
+        for s in sigmas:
+            g, g2 = gaussian_kernels(s, self.radius)
+            kernels.append(-(s**2) * (torch.outer(g2, g) + torch.outer(g, g2)))
+        self.register_buffer("kernels", torch.stack(kernels)[None])  # (1, S, k, k)
+        self._spectra: dict[tuple[Any, ...], torch.Tensor] = {}
+
+    def _spectrum(self, size: tuple[int, int], device: torch.device) -> torch.Tensor:
+        key = (size, device)
+        spectrum = self._spectra.get(key)
+        if spectrum is None:
+            spectrum = torch.fft.rfft2(self.kernels.to(device), s=size)
+            if len(self._spectra) >= 8:  # a few tile shapes recur; bound the cache anyway
+                self._spectra.clear()
+            self._spectra[key] = spectrum
+        return spectrum
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, H, W) -> (N, 1, H, W)."""
+        r = self.radius
+        h, w = x.shape[-2:]
+        size = (_fft_size(h + 2 * r), _fft_size(w + 2 * r))
+        # FFTs in float32 even under autocast: half-precision FFTs need power-of-two sizes.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            spectrum = torch.fft.rfft2(x.float(), s=size) * self._spectrum(size, x.device)
+            response = torch.fft.irfft2(spectrum, s=size)[..., r : r + h, r : r + w]
+        out: torch.Tensor = response.amax(dim=1, keepdim=True)
+        return out

@@ -1,0 +1,230 @@
+"""Picklable, lazy array views of one slide level, for dask graphs that travel to workers.
+
+tiffslide's zarr store holds open file handles and cannot be pickled, so a dask array built
+directly on it cannot go to distributed workers. :class:`LevelReader` keeps only
+``(path, level)`` and reopens the slide once per process (a small cache keyed by path, size and
+modification time, so a file replaced on disk is reopened). :class:`ResampledReader` adds the
+remaining scale factor between a level and the pixel size a model wants.
+
+Both expose ``shape``, ``dtype``, ``ndim`` and ``__getitem__`` with plain slices, which is what
+``dask.array.from_array`` needs, and always return ``(rows, cols, 3)`` uint8 RGB.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from wsidet.errors import SlideFormatError, SlideNotFoundError, SlideReadError
+from wsidet.resample import resample_weights, resample_window, resampled_size
+
+if TYPE_CHECKING:
+    from tiffslide import TiffSlide
+
+_OPEN_LOCK = threading.Lock()
+
+
+def open_tiffslide(path: str | os.PathLike[str]) -> TiffSlide:
+    """Open a slide with tiffslide, reusing an open handle in this process.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A local file.
+
+    Returns
+    -------
+    tiffslide.TiffSlide
+
+    Raises
+    ------
+    SlideNotFoundError
+        The path does not exist or is not a file.
+    SlideFormatError
+        The file is not a TIFF-based slide tiffslide can parse.
+    """
+    path = os.fspath(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise SlideNotFoundError(f"slide not found: {path!r}") from None
+    if not os.path.isfile(path):
+        raise SlideNotFoundError(f"slide path is not a file: {path!r}")
+    with _OPEN_LOCK:
+        return _open_cached(path, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _open_cached(path: str, size: int, mtime_ns: int) -> TiffSlide:
+    # size and mtime are part of the key so that a file rewritten in place is reopened.
+    import tiffslide
+    from tifffile import TiffFileError
+
+    try:
+        slide = tiffslide.TiffSlide(path)
+        _ = slide.properties  # parse now: a malformed file must fail here, not mid-run
+    except (TiffFileError, IndexError, KeyError, ValueError, NotImplementedError) as exc:
+        raise SlideFormatError(
+            f"not a readable TIFF-based slide (SVS, tiled TIFF, OME-TIFF): {path!r} ({exc})"
+        ) from exc
+    except OSError as exc:
+        raise SlideFormatError(f"cannot open slide {path!r}: {exc}") from exc
+    return slide
+
+
+def _to_rgb(block: npt.NDArray[Any], axes: str) -> npt.NDArray[np.uint8]:
+    """Normalise a raw level block to (rows, cols, 3) uint8 RGB."""
+    if axes == "CYX":
+        block = np.moveaxis(block, 0, -1)
+    elif axes == "YX":
+        block = block[..., None]
+    if block.dtype != np.uint8:
+        if block.dtype.kind == "u" and block.dtype.itemsize == 2:
+            block = (block >> 8).astype(np.uint8)
+        else:
+            raise SlideFormatError(f"unsupported pixel type {block.dtype}; expected 8-bit RGB")
+    channels = block.shape[-1]
+    if channels == 1:
+        return np.repeat(block, 3, axis=-1)
+    if channels >= 3:
+        # RGBA and extra samples: the first three channels are the colour image.
+        return np.ascontiguousarray(block[..., :3])
+    raise SlideFormatError(f"unsupported number of channels {channels}; expected 1, 3 or 4")
+
+
+def _window(key: Any, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """Turn ``array[key]`` with unit-step slices into (y0, y1, x0, x1)."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    bounds = []
+    for axis in range(2):
+        k = key[axis] if axis < len(key) else slice(None)
+        if not isinstance(k, slice):
+            raise TypeError(f"only slices are supported, got {k!r}")
+        start, stop, step = k.indices(shape[axis])
+        if step != 1:
+            raise TypeError(f"only unit-step slices are supported, got {k!r}")
+        bounds.append((start, max(start, stop)))
+    (y0, y1), (x0, x1) = bounds
+    return y0, y1, x0, x1
+
+
+class LevelReader:
+    """Lazy ``(rows, cols, 3)`` uint8 view of one pyramid level of a slide.
+
+    Parameters
+    ----------
+    path : str
+        Slide file.
+    level : int
+        Pyramid level index (0 is full resolution).
+
+    Notes
+    -----
+    Pickles as ``(path, level)``; the slide is opened on first read in each process.
+    """
+
+    dtype = np.dtype(np.uint8)
+    ndim = 3
+
+    def __init__(self, path: str | os.PathLike[str], level: int) -> None:
+        self.path = os.fspath(path)
+        self.level = int(level)
+        slide = open_tiffslide(self.path)
+        if not 0 <= self.level < slide.level_count:
+            raise ValueError(
+                f"level must be in [0, {slide.level_count - 1}] for {self.path!r}, got {level}"
+            )
+        width, height = slide.level_dimensions[self.level]
+        self.shape: tuple[int, int, int] = (int(height), int(width), 3)
+        self._axes: str = slide.properties.get("tiffslide.series-axes", "YXS")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.level))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path!r}, level={self.level}, shape={self.shape})"
+
+    def __getitem__(self, key: Any) -> npt.NDArray[np.uint8]:
+        return self.read(*_window(key, self.shape))
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> npt.NDArray[np.uint8]:
+        """Read rows ``[y0, y1)`` and columns ``[x0, x1)`` of the level.
+
+        Returns
+        -------
+        ndarray, shape (y1 - y0, x1 - x0, 3), uint8
+
+        Raises
+        ------
+        SlideReadError
+            The tiles cannot be read or decoded (truncated or corrupt file).
+        """
+        slide = open_tiffslide(self.path)
+        array: Any = slide.zarr_group[str(self.level)]
+        window = (slice(y0, y1), slice(x0, x1))
+        try:
+            raw = np.asarray(
+                array[(slice(None), *window)] if self._axes == "CYX" else array[window]
+            )
+        except Exception as exc:  # codecs raise many types; every one means unreadable tiles
+            raise SlideReadError(
+                f"cannot read {self.path!r} level {self.level} rows {y0}:{y1} cols {x0}:{x1}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        return _to_rgb(raw, self._axes)
+
+
+class ResampledReader:
+    """Lazy view of a level shrunk (or enlarged) by ``factor``, windows exact (see resample).
+
+    Parameters
+    ----------
+    source : LevelReader
+        The level read from.
+    factor : float
+        Source pixels per output pixel.
+    """
+
+    dtype = np.dtype(np.uint8)
+    ndim = 3
+
+    def __init__(self, source: LevelReader, factor: float) -> None:
+        if not factor > 0:
+            raise ValueError(f"factor must be > 0, got {factor}")
+        self.source = source
+        self.factor = float(factor)
+        h, w, _ = source.shape
+        self.shape: tuple[int, int, int] = (
+            resampled_size(h, self.factor),
+            resampled_size(w, self.factor),
+            3,
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.source, self.factor))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.source!r}, factor={self.factor})"
+
+    def __getitem__(self, key: Any) -> npt.NDArray[np.uint8]:
+        return self.read(*_window(key, self.shape))
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> npt.NDArray[np.uint8]:
+        """Read output rows ``[y0, y1)`` and columns ``[x0, x1)``.
+
+        Returns
+        -------
+        ndarray, shape (y1 - y0, x1 - x0, 3), uint8
+        """
+        if y1 <= y0 or x1 <= x0:
+            return np.zeros((max(0, y1 - y0), max(0, x1 - x0), 3), np.uint8)
+        sh, sw, _ = self.source.shape
+        sy0, sy1, wy = resample_weights(y0, y1, self.factor, sh)
+        sx0, sx1, wx = resample_weights(x0, x1, self.factor, sw)
+        return resample_window(self.source.read(sy0, sy1, sx0, sx1), wy, wx)

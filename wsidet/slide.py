@@ -1,0 +1,429 @@
+"""Whole-slide images: levels, pixel size, lazy dask views at a requested scale, tissue mask.
+
+``open_slide(path)`` returns a :class:`Slide`, a small picklable description of the file
+(its path, levels and pixel size) that reads pixels only when asked: :meth:`Slide.to_dask`
+builds a lazy array whose chunks are read by :class:`~wsidet.reader.LevelReader` in whatever
+process computes them.
+
+Coordinates: arrays are (rows, cols); tiffslide's (x, y)/(width, height) are converted here and
+nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from wsidet.errors import MppUnknownError, SlideFormatError
+from wsidet.reader import LevelReader, ResampledReader, open_tiffslide
+from wsidet.resample import resampled_size
+from wsidet.tissue import TissueMask, tissue_from_rgb
+
+if TYPE_CHECKING:
+    import dask.array as da
+
+logger = logging.getLogger(__name__)
+
+#: A level whose pixel size is within this relative distance of the requested one is used as
+#: is: resampling by 1.002 (0.499 vs 0.5 µm/px) would cost time and blur for nothing.
+DEFAULT_MPP_TOLERANCE = 0.1
+#: Pixel sizes outside this range (µm/px) are treated as missing: a TIFF written by an image
+#: editor often says "72 dpi", which would be 353 µm/px.
+_PLAUSIBLE_MPP = (1e-3, 100.0)
+#: Fallback TIFF tile edge for stripped (untiled) images, used only to align chunks.
+_DEFAULT_TILE = 256
+
+
+@dataclass(frozen=True)
+class Level:
+    """One pyramid level.
+
+    Parameters
+    ----------
+    index : int
+        0 is full resolution.
+    shape : tuple of int
+        (rows, cols).
+    downsample : tuple of float
+        Level-0 pixels per level pixel, (rows, cols).
+    tile : tuple of int
+        TIFF tile size (rows, cols); chunks are aligned to it.
+    """
+
+    index: int
+    shape: tuple[int, int]
+    downsample: tuple[float, float]
+    tile: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The pixel grid a model reads: a level, shrunk by a remaining ``factor``.
+
+    Parameters
+    ----------
+    level : Level
+    factor : float
+        Level pixels per working pixel (1.0: the level as is).
+    mpp : float or None
+        Micrometres per working pixel, if the slide's pixel size is known.
+    """
+
+    level: Level
+    factor: float
+    mpp: float | None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Working image size (rows, cols)."""
+        h, w = self.level.shape
+        if self.factor == 1.0:
+            return h, w
+        return resampled_size(h, self.factor), resampled_size(w, self.factor)
+
+    @property
+    def downsample(self) -> tuple[float, float]:
+        """Level-0 pixels per working pixel, (rows, cols)."""
+        dy, dx = self.level.downsample
+        return dy * self.factor, dx * self.factor
+
+    @property
+    def tile(self) -> tuple[int, int]:
+        """TIFF tile size in working pixels (rows, cols), for chunk alignment."""
+        th, tw = self.level.tile
+        return max(1, round(th / self.factor)), max(1, round(tw / self.factor))
+
+    def to_level0(self, points_yx: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
+        """Map working-pixel indices to level-0 continuous coordinates.
+
+        Parameters
+        ----------
+        points_yx : ndarray, shape (n, 2)
+            (row, col) indices in the working image; pixel centres are integers.
+
+        Returns
+        -------
+        ndarray, shape (n, 2), float64
+            (y, x) in level-0 pixels, origin at the top-left corner of the top-left pixel,
+            so pixel centres are at +0.5.
+        """
+        pts = np.asarray(points_yx, np.float64).reshape(-1, 2)
+        return (pts + 0.5) * np.asarray(self.downsample, np.float64)
+
+
+@dataclass(frozen=True)
+class Slide:
+    """A whole-slide image file and its pyramid; pixels are read lazily.
+
+    Build with :func:`open_slide`. Instances are small and picklable.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+    levels : tuple of Level
+    mpp : float or None
+        Level-0 micrometres per pixel.
+    mpp_source : str
+        Where ``mpp`` came from: ``"file"``, ``"override"`` or ``"unknown"``.
+    vendor : str
+        Format detected by tiffslide (``aperio``, ``generic-tiff``, ...).
+    """
+
+    path: Path
+    levels: tuple[Level, ...]
+    mpp: float | None
+    mpp_source: str
+    vendor: str
+    _tissue_cache: dict[tuple[Any, ...], TissueMask] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    @property
+    def slide_id(self) -> str:
+        """File name without its extension(s), used to name outputs."""
+        name = self.path.name
+        for suffix in (".ome.tiff", ".ome.tif"):
+            if name.lower().endswith(suffix):
+                return name[: -len(suffix)]
+        return self.path.stem
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Level-0 size (rows, cols)."""
+        return self.levels[0].shape
+
+    def scale_for_mpp(self, mpp: float, *, tolerance: float = DEFAULT_MPP_TOLERANCE) -> Scale:
+        """The working scale for a model that expects ``mpp`` micrometres per pixel.
+
+        The nearest level at least as fine as ``mpp`` is chosen and shrunk by the remaining
+        factor; a level within ``tolerance`` (relative) of ``mpp`` is used as is.
+
+        Parameters
+        ----------
+        mpp : float
+            Micrometres per pixel the model expects.
+        tolerance : float
+            Relative tolerance under which no resampling is done.
+
+        Returns
+        -------
+        Scale
+
+        Raises
+        ------
+        MppUnknownError
+            The slide has no pixel size and none was given to :func:`open_slide`.
+        """
+        if not mpp > 0:
+            raise ValueError(f"mpp must be > 0, got {mpp}")
+        if self.mpp is None:
+            raise MppUnknownError(
+                f"slide {str(self.path)!r} has no pixel size in its metadata and the method "
+                f"works at {mpp:g} µm/px; give the level-0 size with mpp= (CLI: --mpp)"
+            )
+        level_mpps = [self.mpp * (lv.downsample[0] + lv.downsample[1]) / 2 for lv in self.levels]
+        # Nearest level at least as fine as requested (allowing the tolerance), else level 0.
+        candidates = [i for i, m in enumerate(level_mpps) if m <= mpp * (1 + tolerance)]
+        index = max(candidates, key=lambda i: level_mpps[i]) if candidates else 0
+        factor = mpp / level_mpps[index]
+        if abs(factor - 1.0) <= tolerance:
+            factor = 1.0
+        return Scale(self.levels[index], factor, level_mpps[index] * factor)
+
+    def scale_for_level(self, level: int = 0) -> Scale:
+        """The working scale of a level read as is (no physical size needed)."""
+        if not 0 <= level < len(self.levels):
+            raise ValueError(f"level must be in [0, {len(self.levels) - 1}], got {level}")
+        lv = self.levels[level]
+        mpp = None if self.mpp is None else self.mpp * (lv.downsample[0] + lv.downsample[1]) / 2
+        return Scale(lv, 1.0, mpp)
+
+    def reader(self, scale: Scale) -> LevelReader | ResampledReader:
+        """A picklable lazy array of the slide at ``scale``, shape (rows, cols, 3), uint8."""
+        source = LevelReader(self.path, scale.level.index)
+        if scale.factor == 1.0:
+            return source
+        return ResampledReader(source, scale.factor)
+
+    def to_dask(
+        self, scale: Scale, chunks: tuple[Sequence[int], Sequence[int]] | int = 2048
+    ) -> da.Array:
+        """A lazy dask array of the slide at ``scale``.
+
+        Parameters
+        ----------
+        scale : Scale
+        chunks : int or (row chunks, col chunks)
+            Chunking in working pixels (see :class:`wsidet.tiling.Grid` for tile-aligned ones).
+
+        Returns
+        -------
+        dask.array.Array, shape (rows, cols, 3), uint8
+        """
+        import dask.array as da
+        from dask.base import tokenize
+
+        reader = self.reader(scale)
+        if isinstance(chunks, int):
+            chunk_spec: Any = (chunks, chunks, 3)
+        else:
+            chunk_spec = (tuple(chunks[0]), tuple(chunks[1]), (3,))
+        st = os.stat(self.path)
+        name = "wsidet-read-" + tokenize(
+            str(self.path), st.st_size, st.st_mtime_ns, scale.level.index, scale.factor, chunk_spec
+        )
+        array: da.Array = da.from_array(
+            reader,
+            chunks=chunk_spec,
+            name=name,
+            asarray=False,
+            lock=False,
+            fancy=False,
+            meta=np.empty((0, 0, 0), np.uint8),
+        )
+        return array
+
+    def read_region(self, y0: int, x0: int, height: int, width: int, *, level: int = 0) -> Any:
+        """Read a window of a level, clipped to the level.
+
+        Returns
+        -------
+        ndarray, shape (<= height, <= width, 3), uint8
+        """
+        h, w = self.levels[level].shape
+        y1, x1 = min(h, y0 + height), min(w, x0 + width)
+        return LevelReader(self.path, level).read(max(0, y0), y1, max(0, x0), x1)
+
+    def tissue_mask(self, *, mask_mpp: float = 8.0, **threshold_options: Any) -> TissueMask:
+        """Tissue mask from a low-resolution level (cached per parameters).
+
+        Parameters
+        ----------
+        mask_mpp : float
+            Target micrometres per mask pixel (a 32× downsample is assumed when the slide's
+            pixel size is unknown).
+        **threshold_options
+            Passed to :func:`wsidet.tissue.tissue_from_rgb`.
+
+        Returns
+        -------
+        TissueMask
+        """
+        key = (mask_mpp, tuple(sorted(threshold_options.items())))
+        cached = self._tissue_cache.get(key)
+        if cached is not None:
+            return cached
+        target = mask_mpp / self.mpp if self.mpp else 32.0
+        usable = [lv for lv in self.levels if max(lv.downsample) <= target] or [self.levels[0]]
+        level = max(usable, key=lambda lv: lv.downsample[0])
+        k = max(1, math.floor(target / max(level.downsample)))
+        thumb = _block_mean(self, level, k)
+        mask = TissueMask(
+            tissue_from_rgb(thumb, **threshold_options),
+            (level.downsample[0] * k, level.downsample[1] * k),
+        )
+        self._tissue_cache[key] = mask
+        return mask
+
+    def info(self) -> dict[str, Any]:
+        """A JSON-able summary: path, vendor, mpp and levels."""
+        return {
+            "path": str(self.path),
+            "slide_id": self.slide_id,
+            "vendor": self.vendor,
+            "mpp": self.mpp,
+            "mpp_source": self.mpp_source,
+            "levels": [
+                {
+                    "level": lv.index,
+                    "height": lv.shape[0],
+                    "width": lv.shape[1],
+                    "downsample": round((lv.downsample[0] + lv.downsample[1]) / 2, 4),
+                    "tile": list(lv.tile),
+                }
+                for lv in self.levels
+            ],
+        }
+
+
+def _block_mean(slide: Slide, level: Level, k: int) -> npt.NDArray[np.uint8]:
+    """Read a whole level in strips and average k×k blocks (partial edge blocks included)."""
+    reader = LevelReader(slide.path, level.index)
+    h, w = level.shape
+    out_h, out_w = -(-h // k), -(-w // k)
+    out = np.empty((out_h, out_w, 3), np.uint8)
+    # Strips of whole k-blocks bound memory to about 64 Mpx of the level at a time.
+    strip = max(1, (64_000_000 // max(1, w)) // k) * k
+    for y0 in range(0, h, strip):
+        block = reader.read(y0, min(h, y0 + strip), 0, w).astype(np.float32)
+        bh = block.shape[0]
+        pad_h, pad_w = (-bh) % k, (-w) % k
+        if pad_h or pad_w:
+            block = np.pad(block, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+        reduced = block.reshape(block.shape[0] // k, k, block.shape[1] // k, k, 3).mean((1, 3))
+        out[y0 // k : y0 // k + reduced.shape[0]] = np.rint(reduced).astype(np.uint8)
+    return out
+
+
+def _mpp_from_ome(tf: Any) -> float | None:
+    """PhysicalSizeX of the first OME image, in µm, if present."""
+    xml = getattr(tf, "ome_metadata", None)
+    if not xml:
+        return None
+    match = re.search(r"<Pixels\b[^>]*>", xml)
+    if not match:
+        return None
+    tag = match.group(0)
+    size = re.search(r'PhysicalSizeX="([^"]+)"', tag)
+    if not size:
+        return None
+    unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tag)
+    scale = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}.get(
+        unit.group(1) if unit else "µm"
+    )
+    if scale is None:
+        return None
+    return float(size.group(1)) * scale
+
+
+def _plausible(mpp: float | None) -> float | None:
+    if mpp is None or not math.isfinite(mpp):
+        return None
+    lo, hi = _PLAUSIBLE_MPP
+    if not lo <= mpp <= hi:
+        logger.warning("ignoring implausible pixel size %.4g µm/px in slide metadata", mpp)
+        return None
+    return mpp
+
+
+def open_slide(path: str | os.PathLike[str], *, mpp: float | None = None) -> Slide:
+    """Open a whole-slide image (Aperio SVS, generic tiled pyramidal TIFF, OME-TIFF).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A local file.
+    mpp : float, optional
+        Level-0 micrometres per pixel; overrides the file's value (needed when it has none).
+
+    Returns
+    -------
+    Slide
+
+    Raises
+    ------
+    SlideNotFoundError
+        The path does not exist or is not a file.
+    SlideFormatError
+        The file is not a slide tiffslide can read.
+    ValueError
+        ``mpp`` is not a positive number.
+    """
+    if mpp is not None and not (isinstance(mpp, int | float) and math.isfinite(mpp) and mpp > 0):
+        raise ValueError(f"mpp must be a positive number of µm per pixel, got {mpp!r}")
+    ts = open_tiffslide(path)
+    props = ts.properties
+    try:
+        dims = ts.level_dimensions
+        downsamples_src = [(dims[0][1] / h, dims[0][0] / w) for (w, h) in dims]
+    except (KeyError, ZeroDivisionError) as exc:
+        raise SlideFormatError(f"cannot read the pyramid of {os.fspath(path)!r}: {exc}") from exc
+    levels = []
+    for i, ((w, h), ds) in enumerate(zip(dims, downsamples_src, strict=True)):
+        th = props.get(f"tiffslide.level[{i}].tile-height") or _DEFAULT_TILE
+        tw = props.get(f"tiffslide.level[{i}].tile-width") or _DEFAULT_TILE
+        levels.append(Level(i, (int(h), int(w)), (float(ds[0]), float(ds[1])), (th, tw)))
+
+    file_mpp: float | None = None
+    mpp_x, mpp_y = props.get("tiffslide.mpp-x"), props.get("tiffslide.mpp-y")
+    if mpp_x is not None:
+        file_mpp = float(mpp_x) if mpp_y is None else (float(mpp_x) + float(mpp_y)) / 2
+    elif ts.ts_tifffile.is_ome:
+        file_mpp = _mpp_from_ome(ts.ts_tifffile)
+    file_mpp = _plausible(file_mpp)
+
+    if mpp is not None:
+        final_mpp, source = float(mpp), "override"
+    elif file_mpp is not None:
+        final_mpp, source = file_mpp, "file"
+    else:
+        final_mpp, source = None, "unknown"
+    return Slide(
+        path=Path(os.fspath(path)),
+        levels=tuple(levels),
+        mpp=final_mpp,
+        mpp_source=source,
+        vendor=str(
+            props.get("tiffslide.vendor")
+            or ("ome-tiff" if ts.ts_tifffile.is_ome else "generic-tiff")
+        ),
+    )
