@@ -259,6 +259,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="wsidet: %(levelname)s: %(message)s",
     )
+    if not args.debug:
+        # tifffile logs what it repairs or rejects; the error we raise already says it once.
+        for noisy in ("tifffile", "tiffslide", "distributed", "numexpr"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
     commands = {"run": cmd_run, "methods": cmd_methods, "info": cmd_info}
     try:
         return commands[args.command](args)

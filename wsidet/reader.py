@@ -68,7 +68,13 @@ def _open_cached(path: str, size: int, mtime_ns: int) -> TiffSlide:
     try:
         slide = tiffslide.TiffSlide(path)
         _ = slide.properties  # parse now: a malformed file must fail here, not mid-run
-    except (TiffFileError, IndexError, KeyError, ValueError, NotImplementedError) as exc:
+    except (IndexError, KeyError) as exc:
+        # tifffile found a TIFF header but no usable image directory.
+        raise SlideFormatError(
+            f"not a readable TIFF-based slide: {path!r} has no valid image directory "
+            "(truncated or corrupt file?)"
+        ) from exc
+    except (TiffFileError, ValueError, NotImplementedError) as exc:
         raise SlideFormatError(
             f"not a readable TIFF-based slide (SVS, tiled TIFF, OME-TIFF): {path!r} ({exc})"
         ) from exc

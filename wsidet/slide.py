@@ -215,14 +215,16 @@ class Slide:
         return ResampledReader(source, scale.factor)
 
     def to_dask(
-        self, scale: Scale, chunks: tuple[Sequence[int], Sequence[int]] | int = 2048
+        self,
+        scale: Scale,
+        chunks: int | tuple[int, int] | tuple[Sequence[int], Sequence[int]] = 2048,
     ) -> da.Array:
         """A lazy dask array of the slide at ``scale``.
 
         Parameters
         ----------
         scale : Scale
-        chunks : int or (row chunks, col chunks)
+        chunks : int, (int, int) or (row chunk sizes, col chunk sizes)
             Chunking in working pixels (see :class:`wsidet.tiling.Grid` for tile-aligned ones).
 
         Returns
@@ -235,6 +237,8 @@ class Slide:
         reader = self.reader(scale)
         if isinstance(chunks, int):
             chunk_spec: Any = (chunks, chunks, 3)
+        elif isinstance(chunks[0], int) and isinstance(chunks[1], int):
+            chunk_spec = (chunks[0], chunks[1], 3)
         else:
             chunk_spec = (tuple(chunks[0]), tuple(chunks[1]), (3,))
         st = os.stat(self.path)

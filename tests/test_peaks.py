@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.nn import functional as F
+
+from wsidet.peaks import QUANTUM, _window_max, local_maxima, support
+
+
+def _reference(score: np.ndarray, m: int, threshold: float) -> set[tuple[int, int]]:
+    """Brute force: window maxima above threshold; ties go to the first in raster order."""
+    h, w = score.shape
+    cand = set()
+    for y in range(h):
+        for x in range(w):
+            win = score[max(0, y - m) : y + m + 1, max(0, x - m) : x + m + 1]
+            if score[y, x] > threshold and score[y, x] >= win.max():
+                cand.add((y, x))
+    keep = set()
+    for y, x in cand:
+        earlier = [
+            (q, r)
+            for q, r in cand
+            if abs(q - y) <= m
+            and abs(r - x) <= m
+            and (q, r) < (y, x)
+            and score[q, r] == score[y, x]
+        ]
+        if not earlier:
+            keep.add((y, x))
+    return keep
+
+
+@settings(max_examples=60)
+@given(
+    seed=st.integers(0, 2**16),
+    m=st.integers(1, 4),
+    shape=st.tuples(st.integers(1, 24), st.integers(1, 24)),
+    levels=st.integers(2, 6),
+)
+def test_matches_brute_force_including_ties(seed, m, shape, levels) -> None:
+    rng = np.random.default_rng(seed)
+    # Few distinct values: plenty of plateaus and ties.
+    score = rng.integers(0, levels, shape).astype(np.float32)
+    pts, scores = local_maxima(torch.from_numpy(score), min_distance=m, threshold=0.5, refine=False)
+    got = {(int(y), int(x)) for y, x in pts.numpy()}
+    assert got == _reference(score, m, 0.5)
+    np.testing.assert_array_equal(scores.numpy(), [score[y, x] for y, x in pts.numpy().astype(int)])
+
+
+def test_plateau_gives_one_point() -> None:
+    score = torch.zeros(20, 20)
+    score[5:8, 9:11] = 1.0
+    pts, _ = local_maxima(score, min_distance=3, threshold=0.5, refine=False)
+    assert pts.tolist() == [[5.0, 9.0]]
+
+
+def test_subpixel_refinement_recovers_parabola_vertex() -> None:
+    yy, xx = torch.meshgrid(torch.arange(15.0), torch.arange(17.0), indexing="ij")
+    score = 5 - (yy - 7.3) ** 2 - (xx - 8.8) ** 2
+    pts, _ = local_maxima(score, min_distance=2, threshold=0, refine=True)
+    np.testing.assert_allclose(pts.numpy(), [[7.3, 8.8]], atol=QUANTUM)
+    assert torch.all(torch.remainder(pts / QUANTUM, 1) == 0)
+
+
+@settings(max_examples=40)
+@given(
+    shape=st.tuples(st.integers(1, 30), st.integers(1, 30)),
+    window=st.tuples(*[st.integers(0, 6)] * 4),
+    seed=st.integers(0, 1000),
+)
+def test_window_max_equals_max_pool(shape, window, seed) -> None:
+    x = torch.from_numpy(np.random.default_rng(seed).random(shape).astype(np.float32))
+    t, b, left, right = window
+    ref = F.max_pool2d(
+        F.pad(x[None, None], (left, right, t, b), value=float("-inf")),
+        (t + b + 1, left + right + 1),
+        stride=1,
+    )[0, 0]
+    assert torch.equal(_window_max(x, t, b, left, right), ref)
+
+
+@settings(max_examples=30)
+@given(seed=st.integers(0, 2**16), m=st.integers(1, 3))
+def test_support_is_enough_context(seed, m) -> None:
+    """A peak's fate is decided by the map within support(m) of it."""
+    rng = np.random.default_rng(seed)
+    score = rng.integers(0, 4, (40, 40)).astype(np.float32)
+    full = local_maxima(torch.from_numpy(score), min_distance=m, threshold=0.5)[0].numpy()
+    r = support(m)
+    y0, x0, y1, x1 = 12, 9, 27, 31
+    crop = score[y0 - r : y1 + r, x0 - r : x1 + r]
+    part = local_maxima(torch.from_numpy(crop), min_distance=m, threshold=0.5)[0].numpy()
+    part += [y0 - r, x0 - r]
+
+    def inside(p: np.ndarray) -> np.ndarray:
+        pix = np.floor(p + 0.5)
+        return p[(pix[:, 0] >= y0) & (pix[:, 0] < y1) & (pix[:, 1] >= x0) & (pix[:, 1] < x1)]
+
+    np.testing.assert_array_equal(inside(part), inside(full))

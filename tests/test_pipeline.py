@@ -1,0 +1,184 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import BlobSlide, make_blob_slide
+from tests.synthetic import GLASS, blob_image, random_points
+from wsidet.engine import DetectorSpec
+from wsidet.methods import get_method
+from wsidet.metrics import match_points
+from wsidet.peaks import QUANTUM
+from wsidet.pipeline import detect_array, detect_slide
+from wsidet.pyramid import write_pyramid
+from wsidet.slide import open_slide
+from wsidet.tiling import Grid
+
+METHOD = get_method("log")
+
+
+def assert_same_points(
+    tiled: tuple[np.ndarray, np.ndarray], whole: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """Same points (to the output quantum), none lost, none duplicated, same scores."""
+    (tp, ts), (wp, ws) = tiled, whole
+    assert len(tp) == len(wp), f"{len(tp)} tiled vs {len(wp)} whole-image points"
+    pairs, _ = match_points(tp, wp, radius=1.5 * QUANTUM)
+    assert len(pairs) == len(wp)
+    np.testing.assert_allclose(ts[pairs[:, 0]], ws[pairs[:, 1]], rtol=1e-4, atol=1e-5)
+
+
+def tiled_and_whole(
+    image: np.ndarray, chunks: tuple[tuple[int, ...], tuple[int, ...]], tile: int
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    grid = Grid.from_chunks(image.shape[:2], chunks, METHOD.halo)
+    spec = DetectorSpec(METHOD, device="cpu", tile=tile)
+    tiled = detect_array(da.from_array(image, chunks=(*chunks, (3,))), grid, spec, scheduler="sync")
+    whole = DetectorSpec(METHOD, device="cpu", tile=4096).get().detect(image)
+    return tiled, whole
+
+
+def random_chunks(data: st.DataObject, length: int, minimum: int) -> tuple[int, ...]:
+    sizes: list[int] = []
+    while sum(sizes) < length:
+        sizes.append(data.draw(st.integers(minimum, max(minimum, 180)), label="chunk"))
+    sizes[-1] -= sum(sizes) - length
+    if sizes[-1] < minimum and len(sizes) > 1:  # fold the remainder like Grid.aligned does
+        last = sizes.pop()
+        sizes[-1] += last
+    return tuple(sizes)
+
+
+@settings(max_examples=25)
+@given(
+    seed=st.integers(0, 2**16),
+    shape=st.tuples(st.integers(60, 420), st.integers(60, 420)),
+    tile=st.sampled_from([24, 61, 128, 1024]),
+    data=st.data(),
+)
+def test_tiled_equals_whole_image_on_random_blobs(seed, shape, tile, data) -> None:
+    rng = np.random.default_rng(seed)
+    density = data.draw(st.floats(0.0005, 0.004), label="density")
+    n = max(1, int(density * shape[0] * shape[1]))
+    # margin 0: blobs cut by the image border and by seams alike
+    pts = random_points(rng, shape, n, min_sep=rng.uniform(9, 30), margin=0)
+    image = blob_image(shape, pts, rng.uniform(4, 9), rng=rng)
+    chunks = (
+        random_chunks(data, shape[0], METHOD.halo),
+        random_chunks(data, shape[1], METHOD.halo),
+    )
+    tiled, whole = tiled_and_whole(image, chunks, tile)
+    assert_same_points(tiled, whole)
+
+
+@pytest.mark.parametrize(("chunk", "tile"), [(64, 32), (130, 1024), (250, 100)])
+def test_tiled_equals_whole_image_on_real_tissue(sample_slide: Path, chunk: int, tile: int) -> None:
+    image = open_slide(sample_slide).read_region(700, 300, 640, 900)
+    grid = Grid.aligned(image.shape[:2], halo=METHOD.halo, chunk=chunk)
+    tiled, whole = tiled_and_whole(image, grid.chunks, tile)
+    assert len(whole[0]) > 100
+    assert_same_points(tiled, whole)
+
+
+def test_resampled_slide_equals_whole_resampled_image(tmp_path: Path) -> None:
+    path = tmp_path / "odd.tif"
+    make_blob_slide(path, shape=(700, 900), mpp=0.3, physical_mpp=0.3, seed=4, n=60)
+    slide = open_slide(path)
+    scale = slide.scale_for_mpp(METHOD.mpp)
+    assert scale.factor == pytest.approx(0.5 / 0.3)
+    frame = detect_slide(slide, METHOD, chunk=128, device="cpu", tissue=False, scheduler="sync")
+    whole_image = slide.to_dask(scale, chunks=4096).compute()
+    pts, scores = DetectorSpec(METHOD, device="cpu").get().detect(whole_image)
+    whole_xy = scale.to_level0(pts)[:, ::-1]
+    assert_same_points(
+        (frame[["x", "y"]].to_numpy(), frame["score"].to_numpy()), (whole_xy, scores)
+    )
+
+
+def recall_at(frame, truth_xy: np.ndarray, radius: float) -> tuple[float, float]:
+    pairs, _ = match_points(frame[["x", "y"]].to_numpy(), truth_xy, radius)
+    return len(pairs) / len(truth_xy), len(pairs) / max(1, len(frame))
+
+
+def test_finds_blobs_through_a_lower_level(blob_slide: BlobSlide) -> None:
+    frame = detect_slide(blob_slide.path, METHOD, device="cpu")
+    meta = frame.attrs["wsidet"]
+    assert meta["scale"]["level"] == 1 and meta["scale"]["factor"] == 1.0
+    recall, precision = recall_at(frame, blob_slide.points_xy, 3.0)
+    assert recall >= 0.99 and precision >= 0.95
+    assert frame["x"].between(0, 1600).all() and frame["y"].between(0, 1200).all()
+
+
+@pytest.mark.parametrize(
+    ("file_mpp", "physical_mpp", "override", "ome"),
+    [
+        (0.5, 0.5, None, False),  # level 0 as is
+        (0.3, 0.3, None, False),  # level 0 shrunk by 5/3
+        (None, 0.25, 0.25, False),  # no pixel size in the file: --mpp
+        (0.2, 0.2, None, True),  # OME-TIFF, level 1 shrunk by 1.25
+    ],
+)
+def test_finds_blobs_at_other_scales(tmp_path: Path, file_mpp, physical_mpp, override, ome) -> None:
+    path = tmp_path / ("s.ome.tif" if ome else "s.tif")
+    truth = make_blob_slide(
+        path, shape=(900, 1100), mpp=file_mpp, physical_mpp=physical_mpp, seed=7, n=80, ome=ome
+    )
+    frame = detect_slide(path, METHOD, mpp=override, device="cpu", chunk=256)
+    recall, precision = recall_at(frame, truth.points_xy, 3.0)
+    assert recall >= 0.99 and precision >= 0.95
+
+
+def test_no_tissue_gives_an_empty_result(blank_slide: Path) -> None:
+    calls = []
+    frame = detect_slide(
+        blank_slide, METHOD, device="cpu", progress=lambda d, t: calls.append((d, t))
+    )
+    assert len(frame) == 0
+    assert list(frame.columns) == ["x", "y", "score", "method", "slide_id", "geometry"]
+    assert frame.attrs["wsidet"]["scale"]["chunks_processed"] == 0
+    assert calls == [(0, 0)]
+
+
+def test_slide_smaller_than_a_chunk(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.tif"
+    truth = make_blob_slide(
+        path, shape=(150, 230), mpp=0.5, physical_mpp=0.5, seed=2, n=8, downsamples=(1,)
+    )
+    frame = detect_slide(path, METHOD, device="cpu")
+    assert frame.attrs["wsidet"]["scale"]["chunks_total"] == 1
+    recall, _ = recall_at(frame, truth.points_xy, 3.0)
+    assert recall == 1.0
+
+
+def test_only_tissue_chunks_are_processed(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    shape = (512, 2048)
+    # Tissue ends 112 px before the first chunk edge, beyond the mask's 32 px dilation.
+    pts = random_points(rng, (512, 400), 16, min_sep=28, margin=10)
+    image = np.clip(GLASS + rng.normal(0, 2, (*shape, 3)), 0, 255).astype(np.uint8)
+    image[:, :400] = blob_image((512, 400), pts, 7.0, rng=rng)
+    path = tmp_path / "half.tif"
+    write_pyramid(path, image, mpp=0.5, downsamples=(1, 4))
+    progress = []
+    frame = detect_slide(
+        path, METHOD, device="cpu", chunk=512, progress=lambda d, t: progress.append((d, t))
+    )
+    scale = frame.attrs["wsidet"]["scale"]
+    assert (scale["chunks_total"], scale["chunks_processed"]) == (4, 1)
+    assert progress[-1] == (1, 1)
+    recall, precision = recall_at(frame, pts[:, ::-1] + 0.5, 3.0)
+    assert recall == 1.0 and precision == 1.0
+    everything = detect_slide(path, METHOD, device="cpu", chunk=512, tissue=False)
+    assert everything.attrs["wsidet"]["scale"]["chunks_processed"] == 4
+    assert len(everything) == len(frame)  # glass holds no nuclei either way
+
+
+def test_threads_and_sync_schedulers_agree(blob_slide: BlobSlide) -> None:
+    a = detect_slide(blob_slide.path, METHOD, device="cpu", chunk=256, scheduler="threads")
+    b = detect_slide(blob_slide.path, METHOD, device="cpu", chunk=256, scheduler="sync")
+    np.testing.assert_array_equal(np.sort(a["x"].to_numpy()), np.sort(b["x"].to_numpy()))
