@@ -73,9 +73,7 @@ def main() -> None:
     blocks = tissue_blocks(slide, scale, grid)
     image = slide.to_dask(scale, chunks=grid.chunks)
     pieces = image.to_delayed()
-    tissue_mpx = sum(
-        (b[2] - b[0]) * (b[3] - b[1]) for b in map(grid.core_box, blocks)
-    ) / 1e6
+    tissue_mpx = sum((b[2] - b[0]) * (b[3] - b[1]) for b in map(grid.core_box, blocks)) / 1e6
 
     read_s = _median_time(
         lambda: dask.compute(*[pieces[i, j, 0] for i, j in blocks], scheduler="threads"),
@@ -87,7 +85,10 @@ def main() -> None:
     )
     detector = spec.get()
     sample = blocks[: args.stage_chunks]
-    arrays = [np.asarray(image[slice(*grid.block_box(ix)[::2]), slice(*grid.block_box(ix)[1::2])]) for ix in sample]
+    arrays = [
+        np.asarray(image[slice(*grid.block_box(ix)[::2]), slice(*grid.block_box(ix)[1::2])])
+        for ix in sample
+    ]
     sample_mpx = sum(a.shape[0] * a.shape[1] for a in arrays) / 1e6
 
     def sync() -> None:
@@ -141,7 +142,9 @@ def main() -> None:
         "slide_size": list(slide.shape),
         "method": method.name,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "chunk": args.chunk,
@@ -151,7 +154,10 @@ def main() -> None:
         "points": len(frame),
         "repeat": args.repeat,
         "stages": {
-            "read_decode": {"seconds": round(read_s, 3), "mpx_per_s": round(tissue_mpx / read_s, 2)},
+            "read_decode": {
+                "seconds": round(read_s, 3),
+                "mpx_per_s": round(tissue_mpx / read_s, 2),
+            },
             "network": {
                 "seconds": round(net_s, 3),
                 "mpx": round(sample_mpx, 2),

@@ -131,10 +131,29 @@ def _summary(frame: Any, paths: dict[str, Path]) -> str:
     )
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+class _ChunkBar:
+    """A tqdm bar over chunks, opened once the pipeline knows how many there are."""
 
-    from wsidet.io import output_paths, write_detections
+    def __init__(self, name: str, *, disable: bool) -> None:
+        self.name, self.disable = name, disable
+        self.bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(
+                total=total, unit="chunk", desc=self.name, disable=self.disable, leave=False
+            )
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from wsidet.io import ensure_free, output_paths, write_detections
     from wsidet.methods import get_method
     from wsidet.pipeline import detect_slide
     from wsidet.slide import open_slide
@@ -149,21 +168,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for slide_path in args.slides:
         try:
             slide = open_slide(slide_path, mpp=args.mpp)
-            if not args.overwrite:
-                taken = [
-                    p
-                    for p in output_paths(args.out, slide.slide_id, args.format).values()
-                    if p.exists()
-                ]
-                if taken:
-                    raise _exists(taken[0])
-            bar = tqdm(total=0, unit="chunk", desc=slide.slide_id, disable=args.quiet, leave=False)
-
-            def progress(done: int, total: int, bar: Any = bar) -> None:
-                bar.total = total
-                bar.n = done
-                bar.refresh()
-
+            if not args.overwrite:  # before any work, not after it
+                ensure_free(list(output_paths(args.out, slide.slide_id, args.format).values()))
+            progress = _ChunkBar(slide.slide_id, disable=args.quiet)
             try:
                 frame = detect_slide(
                     slide,
@@ -177,7 +184,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     progress=progress,
                 )
             finally:
-                bar.close()
+                progress.close()
             started = time.perf_counter()
             paths = write_detections(frame, args.out, formats=args.format, overwrite=args.overwrite)
             frame.attrs["wsidet"]["run"]["seconds"] += time.perf_counter() - started
@@ -188,12 +195,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             failures += 1
             _error(exc, context=slide_path if len(args.slides) > 1 else None)
     return EXIT_ERROR if failures else EXIT_OK
-
-
-def _exists(path: Path) -> Exception:
-    from wsidet.errors import OutputExistsError
-
-    return OutputExistsError(f"output exists: {str(path)!r} (use --overwrite to replace it)")
 
 
 def cmd_methods(args: argparse.Namespace) -> int:

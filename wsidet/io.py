@@ -91,6 +91,17 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
+def _exists_error(path: str | os.PathLike[str]) -> OutputExistsError:
+    return OutputExistsError(f"output exists: {str(path)!r} (use --overwrite to replace it)")
+
+
+def ensure_free(paths: Sequence[str | os.PathLike[str]]) -> None:
+    """Raise :class:`OutputExistsError` naming the first of ``paths`` that exists."""
+    for path in paths:
+        if Path(path).exists():
+            raise _exists_error(path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it to ``path`` on success.
@@ -101,8 +112,8 @@ def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
         ``path`` exists and ``overwrite`` is False (checked before and after writing).
     """
     target = Path(path)
-    if target.exists() and not overwrite:
-        raise OutputExistsError(f"output exists: {str(target)!r} (use --overwrite to replace it)")
+    if not overwrite:
+        ensure_free([target])
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
@@ -117,9 +128,7 @@ def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
             try:
                 os.link(tmp, target)
             except FileExistsError:
-                raise OutputExistsError(
-                    f"output exists: {str(target)!r} (use --overwrite to replace it)"
-                ) from None
+                raise _exists_error(target) from None
             except OSError:  # file systems without hard links
                 os.replace(tmp, target)
     finally:
@@ -234,11 +243,7 @@ def write_detections(
     slide_id = _slide_id(frame)
     paths = output_paths(out_dir, slide_id, formats)
     if not overwrite:
-        existing = [str(p) for p in paths.values() if p.exists()]
-        if existing:
-            raise OutputExistsError(
-                f"output exists: {existing[0]!r} (use --overwrite to replace it)"
-            )
+        ensure_free(list(paths.values()))
     writers = {"parquet": write_geoparquet, "geojson": write_geojson, "geojson.gz": write_geojson}
     for fmt, path in paths.items():
         writers[fmt](frame, path, overwrite=overwrite)

@@ -120,7 +120,22 @@ def _window(key: Any, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
     return y0, y1, x0, x1
 
 
-class LevelReader:
+class _WindowReader:
+    """What ``dask.array.from_array`` needs: shape, dtype, ndim and slicing by windows."""
+
+    dtype = np.dtype(np.uint8)
+    ndim = 3
+    shape: tuple[int, int, int]
+
+    def __getitem__(self, key: Any) -> npt.NDArray[np.uint8]:
+        return self.read(*_window(key, self.shape))
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> npt.NDArray[np.uint8]:
+        """Rows ``[y0, y1)`` and columns ``[x0, x1)`` as (rows, cols, 3) uint8."""
+        raise NotImplementedError
+
+
+class LevelReader(_WindowReader):
     """Lazy ``(rows, cols, 3)`` uint8 view of one pyramid level of a slide.
 
     Parameters
@@ -134,9 +149,6 @@ class LevelReader:
     -----
     Pickles as ``(path, level)``; the slide is opened on first read in each process.
     """
-
-    dtype = np.dtype(np.uint8)
-    ndim = 3
 
     def __init__(self, path: str | os.PathLike[str], level: int) -> None:
         self.path = os.fspath(path)
@@ -155,9 +167,6 @@ class LevelReader:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r}, level={self.level}, shape={self.shape})"
-
-    def __getitem__(self, key: Any) -> npt.NDArray[np.uint8]:
-        return self.read(*_window(key, self.shape))
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> npt.NDArray[np.uint8]:
         """Read rows ``[y0, y1)`` and columns ``[x0, x1)`` of the level.
@@ -186,7 +195,7 @@ class LevelReader:
         return _to_rgb(raw, self._axes)
 
 
-class ResampledReader:
+class ResampledReader(_WindowReader):
     """Lazy view of a level shrunk (or enlarged) by ``factor``, windows exact (see resample).
 
     Parameters
@@ -196,9 +205,6 @@ class ResampledReader:
     factor : float
         Source pixels per output pixel.
     """
-
-    dtype = np.dtype(np.uint8)
-    ndim = 3
 
     def __init__(self, source: LevelReader, factor: float) -> None:
         if not factor > 0:
@@ -217,9 +223,6 @@ class ResampledReader:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.source!r}, factor={self.factor})"
-
-    def __getitem__(self, key: Any) -> npt.NDArray[np.uint8]:
-        return self.read(*_window(key, self.shape))
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> npt.NDArray[np.uint8]:
         """Read output rows ``[y0, y1)`` and columns ``[x0, x1)``.

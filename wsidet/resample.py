@@ -12,8 +12,6 @@ whole resampled image bit for bit: tiling never changes the pixels a model sees.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import numpy.typing as npt
 from scipy import sparse
@@ -111,19 +109,3 @@ def resample_window(
     out = np.asarray(weights_x @ cols).reshape(ow, oh, c).transpose(1, 0, 2)
     result: npt.NDArray[np.uint8] = np.clip(np.rint(out), 0, 255).astype(np.uint8)
     return result
-
-
-def source_span(out_start: int, out_stop: int, factor: float, src_size: int) -> tuple[int, int]:
-    """Source index range that output pixels ``[out_start, out_stop)`` depend on.
-
-    Cheaper than :func:`resample_weights` when only the extent is needed.
-
-    Returns
-    -------
-    tuple of int
-        Half-open ``(src_start, src_stop)``, clipped to the source axis.
-    """
-    support = max(factor, 1.0)
-    lo = math.floor((out_start + 0.5) * factor - support - 0.5) + 1
-    hi = math.ceil((out_stop - 0.5) * factor + support - 0.5) - 1
-    return max(0, lo), min(src_size, hi + 1)

@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from wsidet.errors import MppUnknownError, SlideFormatError
+from wsidet.pyramid import downsample_mean
 from wsidet.reader import LevelReader, ResampledReader, open_tiffslide
 from wsidet.resample import resampled_size
 from wsidet.tissue import TissueMask, tissue_from_rgb
@@ -320,22 +321,14 @@ class Slide:
 
 
 def _block_mean(slide: Slide, level: Level, k: int) -> npt.NDArray[np.uint8]:
-    """Read a whole level in strips and average k×k blocks (partial edge blocks included)."""
+    """Read a whole level in strips of whole k-blocks and average k×k blocks."""
     reader = LevelReader(slide.path, level.index)
     h, w = level.shape
-    out_h, out_w = -(-h // k), -(-w // k)
-    out = np.empty((out_h, out_w, 3), np.uint8)
     # Strips of whole k-blocks bound memory to about 64 Mpx of the level at a time.
     strip = max(1, (64_000_000 // max(1, w)) // k) * k
-    for y0 in range(0, h, strip):
-        block = reader.read(y0, min(h, y0 + strip), 0, w).astype(np.float32)
-        bh = block.shape[0]
-        pad_h, pad_w = (-bh) % k, (-w) % k
-        if pad_h or pad_w:
-            block = np.pad(block, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-        reduced = block.reshape(block.shape[0] // k, k, block.shape[1] // k, k, 3).mean((1, 3))
-        out[y0 // k : y0 // k + reduced.shape[0]] = np.rint(reduced).astype(np.uint8)
-    return out
+    return np.concatenate(
+        [downsample_mean(reader.read(y0, min(h, y0 + strip), 0, w), k) for y0 in range(0, h, strip)]
+    )
 
 
 def _mpp_from_ome(tf: Any) -> float | None:
