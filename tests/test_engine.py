@@ -13,7 +13,14 @@ from safetensors.torch import save_file
 from torch import nn
 
 from tests.synthetic import blob_image, random_points
-from wsidet.engine import Detector, DetectorSpec, load_weights, resolve_device, weights_hash
+from wsidet.engine import (
+    QUANTUM,
+    Detector,
+    DetectorSpec,
+    load_weights,
+    resolve_device,
+    weights_hash,
+)
 from wsidet.errors import DeviceError, WeightsError
 from wsidet.methods import get_method
 from wsidet.methods.base import Method
@@ -62,10 +69,11 @@ def test_tiled_prediction_equals_whole_network(image: np.ndarray, tile: int) -> 
     with torch.inference_mode():
         whole = detector.network(x)
     torch.testing.assert_close(maps["response"], whole["response"][0], atol=2e-5, rtol=1e-4)
-    pts, scores = detector.detect(image)
+    found = detector.detect(image)
     ref_pts, _ = method.decode({"response": whole["response"][0]})
-    np.testing.assert_allclose(pts, ref_pts.numpy(), atol=1e-6)
-    assert pts.dtype == np.float64 and scores.dtype == np.float32
+    np.testing.assert_allclose(found.points_yx, ref_pts.numpy(), atol=QUANTUM)
+    assert found.points_yx.dtype == np.float64 and found.scores.dtype == np.float32
+    assert np.all(np.remainder(found.points_yx / QUANTUM, 1) == 0)
 
 
 def test_detector_checks_its_input() -> None:

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn import functional as F
 
-from wsidet.peaks import QUANTUM, _window_max, local_maxima, support
+from wsidet.peaks import _window_max, local_maxima, support
 
 
 def _reference(score: np.ndarray, m: int, threshold: float) -> set[tuple[int, int]]:
@@ -61,8 +61,7 @@ def test_subpixel_refinement_recovers_parabola_vertex() -> None:
     yy, xx = torch.meshgrid(torch.arange(15.0), torch.arange(17.0), indexing="ij")
     score = 5 - (yy - 7.3) ** 2 - (xx - 8.8) ** 2
     pts, _ = local_maxima(score, min_distance=2, threshold=0, refine=True)
-    np.testing.assert_allclose(pts.numpy(), [[7.3, 8.8]], atol=QUANTUM)
-    assert torch.all(torch.remainder(pts / QUANTUM, 1) == 0)
+    np.testing.assert_allclose(pts.numpy(), [[7.3, 8.8]], atol=1e-4)
 
 
 @settings(max_examples=40)
@@ -99,4 +98,5 @@ def test_support_is_enough_context(seed, m) -> None:
         pix = np.floor(p + 0.5)
         return p[(pix[:, 0] >= y0) & (pix[:, 0] < y1) & (pix[:, 1] >= x0) & (pix[:, 1] < x1)]
 
-    np.testing.assert_array_equal(inside(part), inside(full))
+    # Sub-pixel offsets are added at other coordinates: equal up to float32 rounding.
+    np.testing.assert_allclose(inside(part), inside(full), atol=1e-5)

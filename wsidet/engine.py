@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 #: Default model tile edge (core, before the receptive-radius margin), in working pixels.
 DEFAULT_TILE = 1024
 DEFAULT_BATCH_SIZE = 4
+#: Decoded points are rounded to this fraction of a pixel, so that float noise from different
+#: block sizes cannot move a point across a seam (see ``wsidet.tiling``).
+QUANTUM = 1.0 / 256.0
 
 
 def resolve_device(device: str | None = None) -> torch.device:
@@ -148,6 +151,29 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike[str], method:
             f"weights {os.fspath(path)!r} do not match method {method.name!r}: " + ", ".join(parts)
         )
     network.load_state_dict(tensors, strict=True)
+
+
+@dataclass(frozen=True)
+class Detections:
+    """What a detector returns for one image.
+
+    Attributes
+    ----------
+    points_yx : ndarray, shape (n, 2), float64
+    scores : ndarray, shape (n,), float32
+    totals : dict of str to float
+        Sums of the method's aggregate maps (e.g. ``{"count": 412.7}`` for FCRN).
+    """
+
+    points_yx: npt.NDArray[np.float64]
+    scores: npt.NDArray[np.float32]
+    totals: dict[str, float]
+
+
+def maps_shape(maps: Mapping[str, torch.Tensor]) -> tuple[int, int]:
+    """(H, W) of a dict of (C, H, W) maps."""
+    first = next(iter(maps.values()))
+    return int(first.shape[-2]), int(first.shape[-1])
 
 
 def _axis_windows(length: int, core: int, margin: int) -> list[tuple[int, int, int, int]]:
@@ -286,28 +312,41 @@ class Detector:
         return canvas
 
     def detect(
-        self, image: npt.NDArray[np.uint8] | torch.Tensor, **decode_params: Any
-    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float32]]:
-        """Points of nuclei in an image.
+        self,
+        image: npt.NDArray[np.uint8] | torch.Tensor,
+        *,
+        core: tuple[int, int, int, int] | None = None,
+        **decode_params: Any,
+    ) -> Detections:
+        """Points of nuclei in an image, and the method's per-region totals.
 
         Parameters
         ----------
         image : ndarray or Tensor, shape (H, W, 3), uint8
+        core : (y0, x0, y1, x1), optional
+            Region of ``image`` over which ``totals`` are summed (default: all of it).
         **decode_params
             Overrides of the method's decode parameters.
 
         Returns
         -------
-        points_yx : ndarray, shape (n, 2), float64
-            Pixel indices in ``image`` (pixel centres are integers).
-        scores : ndarray, shape (n,), float32
+        Detections
+            Points in pixel indices of ``image`` (pixel centres are integers), rounded to
+            ``QUANTUM``, their scores, and the sums of :meth:`Method.aggregate` over ``core``.
         """
         with self._lock:
             maps = self.predict(image)
             points, scores = self.method.decode(maps, **decode_params)
-            return (
-                points.detach().cpu().numpy().astype(np.float64),
+            y0, x0, y1, x1 = core if core is not None else (0, 0, *maps_shape(maps))
+            totals = {
+                name: float(value[y0:y1, x0:x1].sum())
+                for name, value in self.method.aggregate(maps).items()
+            }
+            pts = points.detach().cpu().numpy().astype(np.float64)
+            return Detections(
+                np.round(pts / QUANTUM) * QUANTUM,
                 scores.detach().float().cpu().numpy(),
+                totals,
             )
 
     def _to_tensor(self, image: npt.NDArray[np.uint8] | torch.Tensor) -> torch.Tensor:

@@ -16,10 +16,6 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-#: Points are rounded to this fraction of a pixel, so that float noise from different block
-#: sizes cannot move a point across a seam (see ``wsidet.tiling``).
-QUANTUM = 1.0 / 256.0
-
 
 def support(min_distance: int) -> int:
     """Map context (px each side) that deciding one peak of :func:`local_maxima` reads.
@@ -106,7 +102,6 @@ def local_maxima(
     points = idx.to(torch.float32)
     if refine and idx.shape[0]:
         points = points + _parabolic_offsets(s, idx)
-    points = torch.round(points / QUANTUM) * QUANTUM
     return points, scores
 
 

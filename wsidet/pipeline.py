@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from wsidet._version import __version__
-from wsidet.engine import DEFAULT_BATCH_SIZE, DEFAULT_TILE, DetectorSpec
+from wsidet.engine import DEFAULT_BATCH_SIZE, DEFAULT_TILE, Detections, DetectorSpec
 from wsidet.methods import DEFAULT_METHOD, get_method
 from wsidet.methods.base import Method
 from wsidet.slide import Scale, Slide, open_slide
@@ -47,7 +47,7 @@ _TASK_PREFIX = "wsidet-detect-"
 
 def detect_block(
     block: npt.NDArray[np.uint8], grid: Grid, index: tuple[int, int], spec: DetectorSpec
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float32]]:
+) -> Detections:
     """Detect in one block (core + halo) and keep the points its core owns.
 
     Parameters
@@ -61,19 +61,20 @@ def detect_block(
 
     Returns
     -------
-    points_yx : ndarray, shape (n, 2), float64
-        Global working-pixel indices.
-    scores : ndarray, shape (n,), float32
+    Detections
+        Points in global working-pixel indices, their scores, and the method's totals over
+        the block's core.
     """
     y0, x0, y1, x1 = grid.block_box(index)
     if block.shape[:2] != (y1 - y0, x1 - x0):
         raise RuntimeError(
             f"block {index} has shape {block.shape[:2]}, expected {(y1 - y0, x1 - x0)}"
         )
-    points, scores = spec.get().detect(block)
-    points = points + np.array([y0, x0], np.float64)
+    cy0, cx0, cy1, cx1 = grid.core_box(index)
+    found = spec.get().detect(block, core=(cy0 - y0, cx0 - x0, cy1 - y0, cx1 - x0))
+    points = found.points_yx + np.array([y0, x0], np.float64)
     keep = grid.owned(index, points)
-    return points[keep], scores[keep]
+    return Detections(points[keep], found.scores[keep], found.totals)
 
 
 def detect_array(
@@ -84,7 +85,7 @@ def detect_array(
     blocks: Iterable[tuple[int, int]] | None = None,
     progress: Progress | None = None,
     scheduler: Any = None,
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float32]]:
+) -> tuple[Detections, list[dict[str, float]]]:
     """Tiled detection over a dask image whose chunks are the grid's cores.
 
     Parameters
@@ -103,9 +104,11 @@ def detect_array(
 
     Returns
     -------
-    points_yx : ndarray, shape (n, 2), float64
-        Working-pixel indices, in block order.
-    scores : ndarray, shape (n,), float32
+    Detections
+        All points (working-pixel indices, in block order), scores, and totals summed over
+        the blocks.
+    list of dict
+        The totals of each block, in the order of ``blocks``.
     """
     import dask.array as da
     from dask.base import tokenize
@@ -127,13 +130,21 @@ def detect_array(
         run(pieces[i, j, 0], grid, (i, j), spec, dask_key_name=f"{_TASK_PREFIX}{token}-{i}-{j}")
         for i, j in selected
     ]
-    results = _compute(tasks, scheduler, progress)
-    if not results:
-        return np.zeros((0, 2)), np.zeros(0, np.float32)
-    return (
-        np.concatenate([r[0] for r in results]).reshape(-1, 2),
-        np.concatenate([r[1] for r in results]).astype(np.float32),
+    results: list[Detections] = _compute(tasks, scheduler, progress)
+    totals: dict[str, float] = {}
+    for r in results:
+        for name, value in r.totals.items():
+            totals[name] = totals.get(name, 0.0) + value
+    merged = Detections(
+        np.concatenate([r.points_yx for r in results]).reshape(-1, 2)
+        if results
+        else np.zeros((0, 2)),
+        np.concatenate([r.scores for r in results]).astype(np.float32)
+        if results
+        else np.zeros(0, np.float32),
+        totals,
     )
+    return merged, [r.totals for r in results]
 
 
 def _compute(tasks: Sequence[Any], scheduler: Any, progress: Progress | None) -> list[Any]:
@@ -167,6 +178,13 @@ def _compute(tasks: Sequence[Any], scheduler: Any, progress: Progress | None) ->
 
     with _Counter():
         return list(compute(*tasks, scheduler=scheduler or "threads"))
+
+
+def _level0_box(scale: Scale, box: tuple[int, int, int, int]) -> list[float]:
+    """A working-pixel core box as level-0 ``[x0, y0, x1, y1]``."""
+    dy, dx = scale.downsample
+    y0, x0, y1, x1 = box
+    return [x0 * dx, y0 * dy, x1 * dx, y1 * dy]
 
 
 def tissue_blocks(slide: Slide, scale: Scale, grid: Grid) -> list[tuple[int, int]]:
@@ -246,11 +264,11 @@ def detect_slide(
     )
     selected = tissue_blocks(slide, scale, grid) if tissue else list(grid.indices())
     image = slide.to_dask(scale, chunks=grid.chunks)
-    points_yx, scores = detect_array(
+    found, block_totals = detect_array(
         image, grid, spec, blocks=selected, progress=progress, scheduler=scheduler
     )
-    level0_yx = scale.to_level0(points_yx)
-    xy = level0_yx[:, ::-1]
+    scores = found.scores
+    xy = scale.to_level0(found.points_yx)[:, ::-1]
     if tissue and len(xy):
         on_tissue = slide.tissue_mask().contains(xy)
         xy, scores = xy[on_tissue], scores[on_tissue]
@@ -281,6 +299,14 @@ def detect_slide(
             "chunks_total": grid.n_blocks[0] * grid.n_blocks[1],
             "chunks_processed": len(selected),
         },
+        # Sums of the method's aggregate maps (e.g. FCRN's count), per slide and per chunk
+        # (chunk boxes in level-0 pixels: x0, y0, x1, y1).
+        "totals": found.totals,
+        "chunk_totals": [
+            {"box": _level0_box(scale, grid.core_box(ix)), **t}
+            for ix, t in zip(selected, block_totals, strict=True)
+            if t
+        ],
         "run": {
             "seconds": time.perf_counter() - started,
             "processed_mpx": core_px / 1e6,

@@ -72,8 +72,13 @@ def get_method(name: str, **params: Any) -> Method:
     return method.replace(**params) if params else method
 
 
-# Built-in methods register themselves on import.
+# Built-in methods register themselves on import (none of them imports torch at import time).
+from wsidet.methods import fcrn as _fcrn  # noqa: E402
 from wsidet.methods import log as _log  # noqa: E402
+from wsidet.methods import mapde as _mapde  # noqa: E402
+from wsidet.methods import micronet as _micronet  # noqa: E402
+from wsidet.methods import proximity as _proximity  # noqa: E402
+from wsidet.methods import voca as _voca  # noqa: E402
 
 __all__ = [
     "DEFAULT_METHOD",
@@ -83,4 +88,4 @@ __all__ = [
     "method_class",
     "register",
 ]
-del _log
+del _fcrn, _log, _mapde, _micronet, _proximity, _voca

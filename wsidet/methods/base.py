@@ -9,6 +9,8 @@ paper), so a method value is hashable, comparable and can be rebuilt from its ``
 ``loss(outputs, targets)``                 the paper's loss
 ``decode(outputs, **params)``              maps -> (points_yx, scores), torch ops on the device
 ``halo``, ``mpp``, ``stride``              facts the pipeline needs
+``ideal_outputs(targets)``                 what a perfectly trained network would output
+``aggregate(outputs)``                     per-pixel quantities summed per chunk (counts)
 =========================================  =============================================
 
 Conventions: arrays are (row, col); points are ``yx`` float arrays of shape (n, 2) in pixel
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -68,9 +71,18 @@ class Method(abc.ABC):
 
     # ---- facts -------------------------------------------------------------------------------
     @property
-    @abc.abstractmethod
     def receptive_radius(self) -> int:
-        """Pixels of input context on each side that one output pixel of the network uses."""
+        """Pixels of input context on each side that one output pixel of the network uses.
+
+        By default read from the network (``net.receptive_radius``, computed from its layers).
+        """
+        radius = getattr(self._meta_network, "receptive_radius", None)
+        if radius is None:
+            raise NotImplementedError(
+                f"method {self.name!r}: its network has no receptive_radius; define one on the "
+                "network or override Method.receptive_radius"
+            )
+        return int(radius)
 
     @property
     @abc.abstractmethod
@@ -79,8 +91,19 @@ class Method(abc.ABC):
 
     @property
     def stride(self) -> int:
-        """Input sizes and block origins must be multiples of this (network downsampling)."""
-        return 1
+        """Input sizes and block origins must be multiples of this (network downsampling).
+
+        By default read from the network (``net.stride``, 1 if absent).
+        """
+        return int(getattr(self._meta_network, "stride", 1))
+
+    @functools.cached_property
+    def _meta_network(self) -> torch.nn.Module:
+        import torch
+
+        # On the meta device a network costs no memory and no initialisation time.
+        with torch.device("meta"):
+            return self.build_network()
 
     @property
     def halo(self) -> int:
@@ -116,6 +139,35 @@ class Method(abc.ABC):
     ) -> torch.Tensor:
         """The paper's loss of a batch of outputs against targets from :meth:`encode`."""
         raise NotTrainableError(f"method {self.name!r} has nothing to train")
+
+    def ideal_outputs(self, targets: Mapping[str, Any]) -> dict[str, Any]:
+        """The outputs a perfectly trained network would give for these targets.
+
+        The minimiser of :meth:`loss`; by default the targets themselves (for methods whose
+        network regresses its targets directly). Used to check ``decode`` against ``encode``.
+
+        Parameters
+        ----------
+        targets : mapping of str to array, each (C, H, W)
+
+        Returns
+        -------
+        dict of str to array, each (C, H, W)
+        """
+        return dict(targets)
+
+    def aggregate(self, outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-pixel quantities whose sums over a region are reported (e.g. a cell count).
+
+        Parameters
+        ----------
+        outputs : mapping of str to Tensor, each (C, H, W)
+
+        Returns
+        -------
+        dict of str to Tensor, each (H, W); empty for methods with nothing to sum.
+        """
+        return {}
 
     def decode(
         self, outputs: Mapping[str, torch.Tensor], **params: Any

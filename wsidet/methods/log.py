@@ -73,6 +73,11 @@ class LoG(Method):
         return max(math.ceil(self.truncate * s) for s in self.sigmas)
 
     @property
+    def stride(self) -> int:
+        """Pure filtering: any input size and origin."""
+        return 1
+
+    @property
     def decoder_radius(self) -> int:
         """Support of the peak decoder."""
         from wsidet.peaks import support

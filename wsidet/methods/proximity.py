@@ -1,0 +1,144 @@
+"""``proximity``: structured regression of proximity patches (Xie et al. 2015).
+
+* **Targets**: the proximity mask ``M = 1 / (1 + α D)`` where ``D <= r`` (else 0), ``D`` the
+  distance to the nearest annotated centre; r = 5, α = 0.8.
+* **Network**: the paper's 49×49 patch CNN (C-M-C-M-C-F-F-F, 289 = 17×17 sigmoid outputs),
+  evaluated fully convolutionally by fast scanning at patch stride ``ss`` (1 or 5) with the
+  proximity patches fused by averaging (:mod:`wsidet.nets.patchcnn`).
+* **Loss**: per patch ``½ Σ_j (y_j + λ)(y_j - o_j)²`` over the 289 outputs, λ = 0.3, averaged
+  over the patches (every patch centre on the ``ss``-grid inside the training image).
+* **Decoding**: local maxima of the fused proximity map above a threshold.
+
+Deviations: the paper worked at 40×; wsidet runs the network at 0.5 µm/px (20×, CRCHisto's
+scale) with the paper's pixel geometry, so a patch sees twice the tissue; and ``ss = 5`` by
+default (SR-5, which the paper found as accurate as SR-1 at a third of the time; set
+``scan_stride=1`` for SR-1, 18× slower on CPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from wsidet.errors import ParameterError
+from wsidet.methods import register
+from wsidet.methods.base import Method
+from wsidet.targets import nearest_distance
+
+if TYPE_CHECKING:
+    import torch
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class Proximity(Method):
+    """Structured regression with proximity patches.
+
+    Parameters
+    ----------
+    mpp : float
+    radius : float
+        ``r``: proximity is 0 beyond this distance (pixels).
+    alpha : float
+        Decay ``α`` of ``1 / (1 + α D)``.
+    lam : float
+        ``λ`` of the weighted loss.
+    scan_stride : int
+        ``ss``: patch centres every ``ss`` pixels (also the network's stride).
+    dropout : float
+        On the hidden fully connected layers.
+    threshold : float
+        Minimum fused proximity of a peak.
+    min_distance : int
+        Peak separation minus one.
+    """
+
+    name: ClassVar[str] = "proximity"
+    summary: ClassVar[str] = "Structured regression: 49x49 patch CNN, fused 17x17 proximity patches"
+    paper: ClassVar[str] = "structured-regression-xie2015"
+    decode_params: ClassVar[tuple[str, ...]] = ("threshold", "min_distance")
+
+    mpp: float = 0.5
+    radius: float = 5.0
+    alpha: float = 0.8
+    lam: float = 0.3
+    scan_stride: int = 5
+    dropout: float = 0.2
+    threshold: float = 0.4
+    min_distance: int = 3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.radius <= 0 or self.alpha <= 0 or self.lam < 0:
+            raise ParameterError(
+                f"proximity: radius and alpha must be > 0 and lam >= 0, got "
+                f"{self.radius}, {self.alpha}, {self.lam}"
+            )
+        if self.scan_stride < 1 or self.min_distance < 1:
+            raise ParameterError("proximity: scan_stride and min_distance must be >= 1")
+
+    @property
+    def decoder_radius(self) -> int:
+        """Support of the peak decoder."""
+        from wsidet.peaks import support
+
+        return support(self.min_distance)
+
+    def build_network(self) -> torch.nn.Module:
+        """:class:`~wsidet.nets.patchcnn.ProximityPatchCNN` at stride ``scan_stride``."""
+        from wsidet.nets.patchcnn import ProximityPatchCNN
+
+        return ProximityPatchCNN(self.scan_stride, dropout=self.dropout)
+
+    def encode(
+        self, points_yx: npt.NDArray[np.floating[Any]], shape: tuple[int, int]
+    ) -> dict[str, npt.NDArray[np.float32]]:
+        """``{"proximity": (1, H, W)}``: ``1 / (1 + α D)`` within ``r``."""
+        dist, _ = nearest_distance(points_yx, shape, limit=self.radius + 1)
+        prox = np.where(dist <= self.radius, 1.0 / (1.0 + self.alpha * dist), 0.0)
+        return {"proximity": prox[None].astype(np.float32)}
+
+    def loss(
+        self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """The paper's weighted squared error per proximity patch, averaged over patches.
+
+        Needs the network's training-mode output ``"patches"`` (N, 289, gh, gw).
+        """
+        import torch
+        from torch.nn import functional as F
+
+        from wsidet.nets.patchcnn import HALF_OUT, OUT, centre_offset
+
+        patches = outputs["patches"].float()
+        target = targets["proximity"]
+        n, _, gh, gw = patches.shape
+        h, w = target.shape[-2:]
+        ss = self.scan_stride
+        c = centre_offset(ss)
+        # Target patch of the centre (ss*i - c, ss*j - c) starts at (ss*i - c - 8, ...).
+        pad = c + HALF_OUT
+        bottom = max(0, (gh - 1) * ss + OUT - pad - h)
+        right = max(0, (gw - 1) * ss + OUT - pad - w)
+        padded = F.pad(target, (pad, right, pad, bottom))
+        want = F.unfold(padded, OUT, stride=ss)[..., : gh * gw].view(n, OUT * OUT, gh, gw)
+        centres_y = torch.arange(gh, device=patches.device) * ss - c
+        centres_x = torch.arange(gw, device=patches.device) * ss - c
+        inside = ((centres_y >= 0) & (centres_y < h))[:, None] & (
+            (centres_x >= 0) & (centres_x < w)
+        )[None, :]
+        per_patch = 0.5 * ((want + self.lam) * (want - patches) ** 2).sum(dim=1)  # (N, gh, gw)
+        return per_patch[:, inside].mean()
+
+    def _decode(self, outputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        from wsidet.peaks import local_maxima
+
+        return local_maxima(
+            outputs["proximity"][0].float(),
+            min_distance=self.min_distance,
+            threshold=self.threshold,
+        )

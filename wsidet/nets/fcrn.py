@@ -1,0 +1,96 @@
+"""FCRN-A and FCRN-B (Xie, Noble & Zisserman 2015): fully convolutional density regressors.
+
+Both map a normalised image to feature maps with conv-ReLU-max-pool, then restore the
+resolution with bilinear upsampling + ReLU + convolution ("unConv"), and end with a 1×1
+regression layer. Weights are initialised with an orthogonal basis as in the paper; there is no
+batch norm and no dropout.
+
+FCRN-A follows the paper exactly: 3×3 kernels throughout, three poolings,
+32-64-128-512(FC)-128-64-32 maps, 1.37 M parameters (the paper: "about 1.3 million").
+
+FCRN-B is reconstructed from the paper's prose (its layer table is only in a figure):
+max pooling after every two convolutions, maps doubling after each pooling up to 256 and kept
+there, 5×5 kernels in some layers: conv 3×3×32, conv 3×3×64, pool, conv 3×3×128, conv 5×5×256,
+pool, FC 3×3×256, unConv 5×5×256, unConv 3×3×256, 1×1 output: 3.73 M parameters (the paper:
+"about 3.6 million").
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from wsidet.nets.blocks import LocalNorm, pad_to_multiple
+from wsidet.nets.receptive import Reach
+
+# (kind, kernel, out_channels): "c" conv+ReLU, "p" 2×2 max pool, "u" bilinear ×2 + ReLU + conv.
+FCRN_A = (
+    ("c", 3, 32), ("p", 2, 0),
+    ("c", 3, 64), ("p", 2, 0),
+    ("c", 3, 128), ("p", 2, 0),
+    ("c", 3, 512),
+    ("u", 3, 128), ("u", 3, 64), ("u", 3, 32),
+)  # fmt: skip
+FCRN_B = (
+    ("c", 3, 32), ("c", 3, 64), ("p", 2, 0),
+    ("c", 3, 128), ("c", 5, 256), ("p", 2, 0),
+    ("c", 3, 256),
+    ("u", 5, 256), ("u", 3, 256),
+)  # fmt: skip
+
+
+class FCRN(nn.Module):
+    """A fully convolutional regression network from a layer specification.
+
+    Parameters
+    ----------
+    spec : sequence of (kind, kernel, channels)
+        ``FCRN_A`` or ``FCRN_B``.
+    norm_window : int
+        Window of the per-patch (here: sliding-window) normalisation; the paper trained on
+        100×100 patches.
+
+    Notes
+    -----
+    Input: RGB in [0, 1], (N, 3, H, W), any size. Output: ``{"density": (N, 1, H, W)}``.
+    """
+
+    def __init__(self, spec: tuple[tuple[str, int, int], ...], norm_window: int = 101) -> None:
+        super().__init__()
+        self.norm = LocalNorm(norm_window)
+        layers: list[nn.Module] = []
+        channels = 3
+        reach = Reach()
+        self.stride = 1
+        for kind, kernel, out in spec:
+            if kind == "p":
+                layers.append(nn.MaxPool2d(2))
+                reach = reach.pool(2, 2)
+                self.stride *= 2
+            elif kind == "u":
+                reach = reach.up(2).conv(kernel)
+                layers += [
+                    nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                    nn.ReLU(),
+                    nn.Conv2d(channels, out, kernel, padding=kernel // 2),
+                    nn.ReLU(),
+                ]
+                channels = out
+            else:
+                reach = reach.conv(kernel)
+                layers += [nn.Conv2d(channels, out, kernel, padding=kernel // 2), nn.ReLU()]
+                channels = out
+        layers.append(nn.Conv2d(channels, 1, 1))
+        self.body = nn.Sequential(*layers)
+        self.receptive_radius = reach.pixels + self.norm.radius
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.orthogonal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """RGB (N, 3, H, W) -> ``{"density": (N, 1, H, W)}``."""
+        x, (h, w) = pad_to_multiple(x, self.stride)
+        density = self.body(self.norm(x))
+        return {"density": density[..., :h, :w]}

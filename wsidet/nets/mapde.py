@@ -1,0 +1,137 @@
+"""The MapDe network (Raza et al. 2018): a Micro-Net-like U-Net wrapped by a fixed mapping filter.
+
+Micro-Net (Raza et al. 2019) is a U-Net whose encoder also sees the input image resized to
+every scale; MapDe replaces its last activation by a ReLU (the L-1 feature map must be
+non-negative) and convolves it with the fixed, non-trainable mapping filter ``f``. The filter is
+a buffer, not a parameter: it moves with the network and is never trained or saved as weights.
+
+Deviation: 32-64-128-256 feature maps with batch norm instead of Micro-Net's wider, tanh,
+batch-norm-free layers and its auxiliary outputs, so that the network trains on one GPU (or a
+CPU) in minutes rather than days.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from wsidet.nets.blocks import ConvBNAct, pad_to_multiple
+from wsidet.nets.receptive import Reach
+
+
+def mapping_filter(radius: int = 5) -> npt.NDArray[np.float32]:
+    """``f = max((r - dist) / r, 0)`` on a ``(2r + 1)²`` grid (the paper: r = 5, 11×11).
+
+    Returns
+    -------
+    ndarray, shape (2r + 1, 2r + 1), float32, 1 at the centre
+    """
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    cone: npt.NDArray[np.float32] = np.maximum((radius - np.hypot(yy, xx)) / radius, 0.0).astype(
+        np.float32
+    )
+    return cone
+
+
+class MicroNetUNet(nn.Module):
+    """U-Net with the input image injected at every encoder scale (Micro-Net's multi-scale input).
+
+    Parameters
+    ----------
+    channels : tuple of int
+        Feature maps per level; the last is the bottleneck (``len - 1`` poolings).
+
+    Notes
+    -----
+    (N, 3, H, W) with H, W multiples of ``2 ** (len(channels) - 1)`` -> (N, channels[0], H, W).
+    """
+
+    def __init__(self, channels: tuple[int, ...] = (32, 64, 128, 256, 256)) -> None:
+        super().__init__()
+        levels = len(channels)
+        self.stride = 2 ** (levels - 1)
+        self.enc = nn.ModuleList()
+        self.inject = nn.ModuleList()
+        reach, image = Reach(), Reach()
+        skips = []
+        cin = 3
+        for i, c in enumerate(channels):
+            injected = 0
+            if i > 0:
+                injected = c // 2
+                self.inject.append(ConvBNAct(3, injected, 3))
+                image = image.pool(2, 2)
+                reach = reach.pool(2, 2).union(image.conv(3))
+            self.enc.append(nn.Sequential(ConvBNAct(cin + injected, c), ConvBNAct(c, c)))
+            reach = reach.conv(3).conv(3)
+            skips.append(reach)
+            cin = c
+        self.up = nn.ModuleList()
+        self.dec = nn.ModuleList()
+        for i in range(levels - 2, -1, -1):
+            c = channels[i]
+            self.up.append(nn.ConvTranspose2d(cin, c, 2, stride=2))
+            self.dec.append(nn.Sequential(ConvBNAct(2 * c, c), ConvBNAct(c, c)))
+            reach = reach.up(2, kernel=2).union(skips[i]).conv(3).conv(3)
+            cin = c
+        self.pool = nn.MaxPool2d(2)
+        self.shrink = nn.AvgPool2d(2)  # the input image at the next scale
+        self.out_channels = cin
+        self.receptive_radius = reach.pixels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, channels[0], H, W)."""
+        skips = []
+        feats = x
+        image = x
+        for i, block in enumerate(self.enc):
+            if i > 0:
+                feats = self.pool(feats)
+                image = self.shrink(image)
+                feats = torch.cat([feats, self.inject[i - 1](image)], dim=1)
+            feats = block(feats)
+            skips.append(feats)
+        for up, block, skip in zip(self.up, self.dec, reversed(skips[:-1]), strict=True):
+            feats = block(torch.cat([up(feats), skip], dim=1))
+        return feats
+
+
+class MapDeNet(nn.Module):
+    """Micro-Net-like U-Net -> 1×1 conv -> ReLU (L-1) -> fixed mapping filter -> ReLU.
+
+    Parameters
+    ----------
+    radius : int
+        Mapping filter radius ``r``.
+
+    Notes
+    -----
+    Input: RGB in [0, 1], (N, 3, H, W), any size. Output: ``{"logits": (N, 1, H, W)}``, the
+    non-negative map trained with weighted cross-entropy on logits (as the paper's TensorFlow
+    implementation, whose outputs on CRCHisto reach the hundreds).
+    """
+
+    mapping: torch.Tensor
+
+    def __init__(
+        self, radius: int = 5, channels: tuple[int, ...] = (32, 64, 128, 256, 256)
+    ) -> None:
+        super().__init__()
+        self.backbone = MicroNetUNet(channels)
+        self.last = nn.Conv2d(self.backbone.out_channels, 1, 1)
+        self.relu = nn.ReLU()
+        f = torch.from_numpy(mapping_filter(radius))[None, None]
+        self.register_buffer("mapping", f, persistent=False)
+        self.stride = self.backbone.stride
+        self.receptive_radius = self.backbone.receptive_radius + radius  # + the fixed filter
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """RGB (N, 3, H, W) -> ``{"logits": (N, 1, H, W)}``."""
+        x, (h, w) = pad_to_multiple(x, self.stride)
+        dots = self.relu(self.last(self.backbone(x)))[..., :h, :w]
+        r = self.mapping.shape[-1] // 2
+        logits = self.relu(F.conv2d(dots, self.mapping.to(dots.dtype), padding=r))
+        return {"logits": logits}

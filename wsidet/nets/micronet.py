@@ -1,0 +1,105 @@
+"""MicroNet (Xing et al. 2019): residual U-Net with multi-context aggregation, for proximity maps.
+
+Four paths, as the paper describes them:
+
+* downsampling: an input transition (one conv), then four residual blocks with a stride-2
+  convolution between adjacent blocks; feature maps double when the size halves, except for
+  the last block; dropout 0.5 in the last two blocks;
+* upsampling: four residual blocks, with a stride-2 transposed convolution between them;
+* concatenation: each upsampled output is concatenated with the downsampled output of the same
+  size;
+* multi-context aggregation: transposed convolutions bring the outputs of the deeper
+  downsampling blocks straight to full resolution; they are concatenated with the last
+  upsampling block and fed to the output transition (two convolutions), a sigmoid scaled by 5.
+
+Batch norm after every (strided) convolution, ELU after every batch norm and residual sum.
+
+Deviation: the paper does not list its feature-map counts; we use 32-64-128-128 (CPU-trainable).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from wsidet.nets.blocks import ConvBNAct, ResidualUnit, pad_to_multiple
+from wsidet.nets.receptive import Reach
+
+
+class MicroNet(nn.Module):
+    """The MicroNet regressor.
+
+    Parameters
+    ----------
+    channels : tuple of int
+        Feature maps of the four downsampling blocks.
+    scale : float
+        The output is ``scale * sigmoid(.)``, matching targets scaled by the same factor.
+
+    Notes
+    -----
+    Input: RGB in [0, 1], (N, 3, H, W), any size. Output: ``{"proximity": (N, 1, H, W)}`` in
+    ``(0, scale)``.
+    """
+
+    def __init__(self, channels: tuple[int, ...] = (32, 64, 128, 128), scale: float = 5.0) -> None:
+        super().__init__()
+        if len(channels) != 4:
+            raise ValueError(f"MicroNet has four downsampling blocks, got channels={channels}")
+        elu = nn.ELU
+        self.scale = scale
+        self.stride = 2 ** (len(channels) - 1)
+        self.transition = ConvBNAct(3, channels[0], 3, act=elu)
+        self.down = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        reach = Reach().conv(3)
+        cin = channels[0]
+        down_reach = []
+        for i, c in enumerate(channels):
+            if i > 0:
+                self.downsample.append(ConvBNAct(cin, c, 3, stride=2, act=elu))
+                reach = reach.conv(3, stride=2)
+            dropout = 0.5 if i >= len(channels) - 2 else 0.0
+            self.down.append(ResidualUnit(c if i > 0 else cin, c, act=elu, dropout=dropout))
+            reach = reach.conv(3).conv(3)
+            down_reach.append(reach)
+            cin = c
+        # The first upsampling block works at the deepest scale; three more follow upsamplings.
+        self.bottom = ResidualUnit(cin, cin, act=elu)
+        reach = reach.conv(3).conv(3)
+        self.upsample = nn.ModuleList()
+        self.up = nn.ModuleList()
+        for i in range(len(channels) - 2, -1, -1):
+            c = channels[i]
+            self.upsample.append(nn.ConvTranspose2d(cin, c, 2, stride=2))
+            self.up.append(ResidualUnit(2 * c, c, act=elu))
+            reach = reach.up(2, kernel=2).union(down_reach[i]).conv(3).conv(3)
+            cin = c
+        # Multi-context: deeper downsampling outputs straight to full resolution.
+        self.context = nn.ModuleList()
+        context_reach = []
+        for i in range(1, len(channels)):
+            factor = 2**i
+            self.context.append(nn.ConvTranspose2d(channels[i], channels[0], factor, stride=factor))
+            context_reach.append(down_reach[i].up(factor, kernel=factor))
+        self.head = nn.Sequential(
+            ConvBNAct(channels[0] * len(channels), channels[0], 3, act=elu),
+            nn.Conv2d(channels[0], 1, 1),
+        )
+        reach = reach.union(*context_reach).conv(3)
+        self.receptive_radius = reach.pixels
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """RGB (N, 3, H, W) -> ``{"proximity": (N, 1, H, W)}``."""
+        x, (h, w) = pad_to_multiple(x, self.stride)
+        feats = self.down[0](self.transition(x))
+        skips = [feats]
+        for down, block in zip(self.downsample, self.down[1:], strict=True):
+            feats = block(down(feats))
+            skips.append(feats)
+        feats = self.bottom(feats)
+        for upsample, block, skip in zip(self.upsample, self.up, reversed(skips[:-1]), strict=True):
+            feats = block(torch.cat([upsample(feats), skip], dim=1))
+        context = [up(s) for up, s in zip(self.context, skips[1:], strict=True)]
+        logits = self.head(torch.cat([feats, *context], dim=1))
+        return {"proximity": (self.scale * torch.sigmoid(logits))[..., :h, :w]}
