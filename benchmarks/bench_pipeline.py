@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK)
     parser.add_argument("--tile", type=int, default=1024)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
         "--stage-chunks", type=int, default=8, help="chunks used for the network/decoding stages"

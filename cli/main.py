@@ -64,7 +64,7 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from wsidet.engine import DEFAULT_BATCH_SIZE, DEFAULT_TILE
+    from wsidet.engine import DEFAULT_TILE
     from wsidet.methods import DEFAULT_METHOD
     from wsidet.tiling import DEFAULT_CHUNK
 
@@ -91,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk", type=_positive_int, default=DEFAULT_CHUNK, help=f"default: {DEFAULT_CHUNK}"
     )
     run.add_argument("--tile", type=_positive_int, default=DEFAULT_TILE, help="model tile edge")
-    run.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE)
+    run.add_argument(
+        "--batch-size", type=_positive_int, help="model tiles per forward pass (4 on GPU, 1 on CPU)"
+    )
     run.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     run.add_argument(
         "--format",
@@ -125,8 +127,9 @@ def _summary(frame: Any, paths: dict[str, Path]) -> str:
     area_text = f"{area:.2f} mm² tissue" if area is not None else f"{run['processed_mpx']:.1f} Mpx"
     rate = run["processed_mpx"] / seconds if seconds > 0 else float("inf")
     outputs = ", ".join(str(p) for p in paths.values())
+    totals = "".join(f" | {name} {value:.1f}" for name, value in meta.get("totals", {}).items())
     return (
-        f"{meta['slide']['slide_id']}: {len(frame)} nuclei | {area_text} processed | "
+        f"{meta['slide']['slide_id']}: {len(frame)} nuclei{totals} | {area_text} processed | "
         f"{seconds:.1f} s | {rate:.1f} Mpx/s -> {outputs}"
     )
 

@@ -171,9 +171,58 @@ def test_several_slides_continue_past_a_bad_one(blob_slide: BlobSlide, tmp_path,
     assert (tmp_path / "o" / "good.parquet").exists()
 
 
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from wsidet.methods import get_method
+
+    folder = tmp_path_factory.mktemp("weights")
+    paths = {}
+    for name in ("fcrn_a", "fcrn_b"):
+        torch.manual_seed(0)
+        net = get_method(name).build_network()
+        paths[name] = folder / f"{name}.safetensors"
+        save_file(net.state_dict(), str(paths[name]), metadata={"wsidet.method": name})
+    return paths
+
+
+def test_trained_method_runs_with_weights(random_weights, tmp_path, capsys) -> None:
+    path = tmp_path / "small.tif"
+    make_blob_slide(path, shape=(200, 260), mpp=0.5, physical_mpp=0.5, seed=3, n=10)
+    args = ["run", str(path), "--method", "fcrn_a", "--weights", str(random_weights["fcrn_a"])]
+    code, out, err = run_cli(
+        [*args, "--out", str(tmp_path / "o"), "-q", "--param", "threshold=0"], capsys
+    )
+    assert code == 0, err
+    assert "| count " in out  # FCRN's density integral
+    frame = read_detections(tmp_path / "o" / "small.parquet")
+    meta = frame.attrs["wsidet"]
+    assert meta["method"] == "fcrn_a" and meta["weights_hash"].startswith("sha256:")
+    assert set(meta["totals"]) == {"count"} and meta["chunk_totals"][0]["box"] == [0, 0, 260, 200]
+
+
+@pytest.mark.parametrize(
+    ("method", "weights", "fragments"),
+    [
+        ("fcrn_b", "fcrn_a", ("trained for method 'fcrn_a'",)),
+        ("mapde", None, ("needs trained weights", "--weights")),
+    ],
+)
+def test_weights_must_match(
+    random_weights, blob_slide, tmp_path, capsys, method, weights, fragments
+):
+    args = ["run", str(blob_slide.path), "--method", method, "--out", str(tmp_path / "o"), "-q"]
+    if weights:
+        args += ["--weights", str(random_weights[weights])]
+    code, _, err = run_cli(args, capsys)
+    assert_one_line_error(code, err, *fragments)
+    assert not (tmp_path / "o").exists()
+
+
 def test_methods_and_info(sample_slide: Path, capsys) -> None:
     code, out, _ = run_cli(["methods"], capsys)
-    assert code == 0 and "log" in out and "halo" in out
+    assert code == 0 and "halo" in out
+    for name in ("log", "mapde", "proximity", "fcrn_a", "fcrn_b", "micronet", "voca"):
+        assert f"\n{name} " in out
     code, out, _ = run_cli(["info", str(sample_slide)], capsys)
     assert code == 0 and "0.499" in out and "2967 x 2220" in out and "tissue" in out
     code, out, _ = run_cli(["info", str(sample_slide), "--json"], capsys)

@@ -2,7 +2,9 @@
 
 :func:`richardson_lucy` follows ``skimage.restoration.richardson_lucy`` step for step (constant
 0.5 start, zero-padded "same" convolutions, 1e-12 against division by zero), without its final
-clip to [-1, 1] (MapDe's maps are logits, not intensities), so it runs on the maps' device.
+clip to [-1, 1] (MapDe's maps are logits, not intensities), on the maps' device, with the
+convolutions as sums over the kernel's taps (:func:`wsidet.filters.convolve_taps`: exact across
+chunks, and ten times faster than oneDNN for one channel).
 
 :func:`region_centroids` labels connected foreground regions and returns their centroids. To keep
 decoding local (a block with enough halo decodes what the whole image decodes), labels are
@@ -19,14 +21,9 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from wsidet.filters import convolve_taps
+
 _EPS = 1e-12
-
-
-def _same_conv(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """True convolution (kernel flipped), zero padding, output the size of ``x`` (H, W)."""
-    k = kernel.flip(0, 1)[None, None].to(x.dtype)
-    kh, kw = k.shape[-2:]
-    return F.conv2d(x[None, None], k, padding=(kh // 2, kw // 2))[0, 0]
 
 
 def richardson_lucy(image: torch.Tensor, psf: torch.Tensor, iterations: int) -> torch.Tensor:
@@ -47,8 +44,8 @@ def richardson_lucy(image: torch.Tensor, psf: torch.Tensor, iterations: int) -> 
     estimate = torch.full_like(image, 0.5)
     mirror = psf.flip(0, 1)
     for _ in range(iterations):
-        blurred = _same_conv(estimate, psf) + _EPS
-        estimate = estimate * _same_conv(image / blurred, mirror)
+        blurred = convolve_taps(estimate, psf) + _EPS
+        estimate = estimate * convolve_taps(image / blurred, mirror)
     return estimate
 
 

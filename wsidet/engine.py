@@ -37,7 +37,9 @@ logger = logging.getLogger(__name__)
 
 #: Default model tile edge (core, before the receptive-radius margin), in working pixels.
 DEFAULT_TILE = 1024
-DEFAULT_BATCH_SIZE = 4
+#: Tiles per forward pass when none is given: batching feeds a GPU, on a CPU it only costs
+#: memory (4 U-Net tiles of 1250² px are several GB) for no speed.
+DEFAULT_BATCH_SIZE = {"cuda": 4, "cpu": 1}
 #: Decoded points are rounded to this fraction of a pixel, so that float noise from different
 #: block sizes cannot move a point across a seam (see ``wsidet.tiling``).
 QUANTUM = 1.0 / 256.0
@@ -198,8 +200,8 @@ class Detector:
     tile : int
         Model tile edge in pixels (rounded to the method's stride); larger tiles waste less on
         margins, smaller ones need less memory.
-    batch_size : int
-        Tiles per forward pass.
+    batch_size : int, optional
+        Tiles per forward pass (default 4 on CUDA, 1 on CPU).
     amp : bool, optional
         fp16 autocast; default on for CUDA.
     network : torch.nn.Module, optional
@@ -220,16 +222,18 @@ class Detector:
         weights: str | os.PathLike[str] | None = None,
         device: str | None = None,
         tile: int = DEFAULT_TILE,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
         amp: bool | None = None,
         network: torch.nn.Module | None = None,
     ) -> None:
         import torch
 
-        if tile < 1 or batch_size < 1:
+        if tile < 1 or (batch_size is not None and batch_size < 1):
             raise ValueError(f"tile and batch_size must be >= 1, got {tile}, {batch_size}")
         self.method = method
         self.device = resolve_device(device)
+        if batch_size is None:
+            batch_size = DEFAULT_BATCH_SIZE.get(self.device.type, 1)
         if network is None:
             network = method.build_network()
             if weights is not None:
@@ -375,7 +379,7 @@ class DetectorSpec:
     weights: str | None = None
     device: str | None = None
     tile: int = DEFAULT_TILE
-    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size: int | None = None
     amp: bool | None = None
 
     def get(self) -> Detector:

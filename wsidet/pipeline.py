@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from wsidet._version import __version__
-from wsidet.engine import DEFAULT_BATCH_SIZE, DEFAULT_TILE, Detections, DetectorSpec
+from wsidet.engine import DEFAULT_TILE, Detections, DetectorSpec
 from wsidet.methods import DEFAULT_METHOD, get_method
 from wsidet.methods.base import Method
 from wsidet.slide import Scale, Slide, open_slide
@@ -206,7 +206,7 @@ def detect_slide(
     chunk: int = DEFAULT_CHUNK,
     device: str | None = None,
     tile: int = DEFAULT_TILE,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     tissue: bool = True,
     progress: Progress | None = None,
     scheduler: Any = None,
@@ -226,8 +226,10 @@ def detect_slide(
         Dask chunk edge in working pixels (aligned to the TIFF tiles).
     device : str, optional
         ``cpu``, ``cuda`` or ``cuda:N``; default CUDA when available.
-    tile, batch_size : int
-        Model tile edge and tiles per forward pass.
+    tile : int
+        Model tile edge.
+    batch_size : int, optional
+        Tiles per forward pass (default 4 on CUDA, 1 on CPU).
     tissue : bool
         Skip chunks without tissue and drop points off tissue.
     progress : callable, optional
