@@ -11,56 +11,16 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from wsidet._version import __version__
 
+from .args import formats_arg, parse_params, positive_float, positive_int
+from .training import add_parsers as add_training_parsers
+from .training import cmd_evaluate, cmd_train
+
 EXIT_OK, EXIT_ERROR = 0, 1
-
-
-def _parse_params(items: Sequence[str]) -> dict[str, str]:
-    params = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise argparse.ArgumentTypeError(f"--param takes KEY=VALUE, got {item!r}")
-        params[key.strip()] = value.strip()
-    return params
-
-
-def _formats(text: str) -> list[str]:
-    from wsidet.io import FORMATS
-
-    formats = [f.strip().lower() for f in text.split(",") if f.strip()]
-    bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats:
-        raise argparse.ArgumentTypeError(
-            f"--format takes a comma-separated list of {', '.join(FORMATS)}, got {text!r}"
-        )
-    return formats
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,9 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="detect nuclei in slides and write points")
-    run.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files (SVS, TIFF, OME-TIFF)")
+    run.add_argument(
+        "slides", nargs="+", metavar="SLIDE_OR_DIR", help="slides (SVS, TIFF, OME-TIFF) or folders"
+    )
     run.add_argument("--out", default=".", metavar="DIR", help="output folder (default: .)")
-    run.add_argument("--method", default=DEFAULT_METHOD, help=f"default: {DEFAULT_METHOD}")
+    run.add_argument(
+        "--method",
+        help=f"detection method (default: the one --weights were made for, else {DEFAULT_METHOD})",
+    )
     run.add_argument("--weights", metavar="FILE", help="weights of a trained method")
     run.add_argument(
         "--param",
@@ -86,24 +51,35 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a method parameter, e.g. --param threshold=0.3 (repeatable)",
     )
-    run.add_argument("--mpp", type=_positive_float, help="level-0 µm/px, overriding the file")
+    run.add_argument("--mpp", type=positive_float, help="level-0 µm/px, overriding the file")
     run.add_argument(
-        "--chunk", type=_positive_int, default=DEFAULT_CHUNK, help=f"default: {DEFAULT_CHUNK}"
+        "--chunk", type=positive_int, default=DEFAULT_CHUNK, help=f"default: {DEFAULT_CHUNK}"
     )
-    run.add_argument("--tile", type=_positive_int, default=DEFAULT_TILE, help="model tile edge")
+    run.add_argument("--tile", type=positive_int, default=DEFAULT_TILE, help="model tile edge")
     run.add_argument(
-        "--batch-size", type=_positive_int, help="model tiles per forward pass (4 on GPU, 1 on CPU)"
+        "--batch-size", type=positive_int, help="model tiles per forward pass (4 on GPU, 1 on CPU)"
     )
     run.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     run.add_argument(
         "--format",
-        type=_formats,
+        type=formats_arg,
         default=["parquet", "geojson"],
         help="comma-separated: parquet, geojson, geojson.gz (default: parquet,geojson)",
     )
     run.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     run.add_argument(
         "--no-tissue", action="store_true", help="process every chunk, not only tissue"
+    )
+    run.add_argument(
+        "--cluster",
+        default="auto",
+        help="none (this process), local (a cluster on this machine), or tcp://HOST:PORT "
+        "(default: local for several slides, else none)",
+    )
+    run.add_argument("--workers", type=positive_int, help="local cluster worker processes")
+    run.add_argument("--threads-per-worker", type=positive_int)
+    run.add_argument(
+        "--gpus", type=int, default=0, help="GPUs on a local cluster (one worker each)"
     )
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     run.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -113,91 +89,128 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="levels, pixel size and tissue of a slide")
     info.add_argument("slide", metavar="SLIDE")
-    info.add_argument("--mpp", type=_positive_float, help="level-0 µm/px, overriding the file")
+    info.add_argument("--mpp", type=positive_float, help="level-0 µm/px, overriding the file")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.add_argument("--debug", action="store_true")
+
+    add_training_parsers(sub)
     return parser
 
 
-def _summary(frame: Any, paths: dict[str, Path]) -> str:
-    meta = frame.attrs["wsidet"]
-    run = meta["run"]
-    seconds = run["seconds"]
-    area = run["processed_area_mm2"]
-    area_text = f"{area:.2f} mm² tissue" if area is not None else f"{run['processed_mpx']:.1f} Mpx"
-    rate = run["processed_mpx"] / seconds if seconds > 0 else float("inf")
-    outputs = ", ".join(str(p) for p in paths.values())
-    totals = "".join(f" | {name} {value:.1f}" for name, value in meta.get("totals", {}).items())
+class _Bars:
+    """A bar over slides (when there are several) and one over chunks; lines printed above them."""
+
+    def __init__(self, slides: int, *, quiet: bool) -> None:
+        from tqdm import tqdm
+
+        self.quiet = quiet
+        self.slides = tqdm(total=slides, unit="slide", disable=quiet or slides < 2, position=0)
+        self.chunks: Any = None  # opened when the first chunks are known
+
+    def on_chunks(self, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if self.chunks is None:
+            if total == 0:
+                return
+            self.chunks = tqdm(
+                total=total, unit="chunk", disable=self.quiet, position=1, leave=False
+            )
+        if total != self.chunks.total:
+            self.chunks.total = total
+            self.chunks.refresh()
+        self.chunks.update(done - self.chunks.n)
+
+    def write(self, line: str, *, error: bool = False) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(line, file=sys.stderr if error else sys.stdout)
+
+    def close(self) -> None:
+        if self.chunks is not None:
+            self.chunks.close()
+        self.slides.close()
+
+
+def _slide_line(result: Any) -> str:
+    area = result.area_mm2
+    area_text = f"{area:.2f} mm² tissue" if area == area else f"{result.processed_mpx:.1f} Mpx"
+    rate = result.processed_mpx / result.seconds if result.seconds > 0 else float("inf")
+    totals = "".join(f" | {k} {v:.1f}" for k, v in json.loads(result.totals).items())
     return (
-        f"{meta['slide']['slide_id']}: {len(frame)} nuclei{totals} | {area_text} processed | "
-        f"{seconds:.1f} s | {rate:.1f} Mpx/s -> {outputs}"
+        f"{result.slide_id}: {result.n_points} nuclei{totals} | {area_text} processed | "
+        f"{result.seconds:.1f} s | {rate:.1f} Mpx/s -> {result.output}"
     )
 
 
-class _ChunkBar:
-    """A tqdm bar over chunks, opened once the pipeline knows how many there are."""
-
-    def __init__(self, name: str, *, disable: bool) -> None:
-        self.name, self.disable = name, disable
-        self.bar: Any = None
-
-    def __call__(self, done: int, total: int) -> None:
-        from tqdm import tqdm
-
-        if self.bar is None:
-            self.bar = tqdm(
-                total=total, unit="chunk", desc=self.name, disable=self.disable, leave=False
-            )
-        self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from wsidet.io import ensure_free, output_paths, write_detections
-    from wsidet.methods import get_method
-    from wsidet.pipeline import detect_slide
-    from wsidet.slide import open_slide
+    from wsidet.cluster import close_client, start_client
+    from wsidet.cohort import CohortProgress, find_slides, run_cohort
+    from wsidet.weights import resolve_method
 
-    method = get_method(args.method, **_parse_params(args.param))
+    method, weights = resolve_method(args.method, args.weights, **parse_params(args.param))
+    slides = find_slides(args.slides)
     # Import the heavy libraries now, so a slide's timing measures the slide, not start-up.
     import dask.array  # noqa: F401
     import geopandas  # noqa: F401
     import torch  # noqa: F401
 
-    failures = 0
-    for slide_path in args.slides:
-        try:
-            slide = open_slide(slide_path, mpp=args.mpp)
-            if not args.overwrite:  # before any work, not after it
-                ensure_free(list(output_paths(args.out, slide.slide_id, args.format).values()))
-            progress = _ChunkBar(slide.slide_id, disable=args.quiet)
-            try:
-                frame = detect_slide(
-                    slide,
-                    method,
-                    weights=args.weights,
-                    chunk=args.chunk,
-                    device=args.device,
-                    tile=args.tile,
-                    batch_size=args.batch_size,
-                    tissue=not args.no_tissue,
-                    progress=progress,
-                )
-            finally:
-                progress.close()
-            started = time.perf_counter()
-            paths = write_detections(frame, args.out, formats=args.format, overwrite=args.overwrite)
-            frame.attrs["wsidet"]["run"]["seconds"] += time.perf_counter() - started
-            print(_summary(frame, paths))
-        except Exception as exc:  # reported per slide so one bad slide does not stop the rest
-            if args.debug:
-                raise
-            failures += 1
-            _error(exc, context=slide_path if len(args.slides) > 1 else None)
-    return EXIT_ERROR if failures else EXIT_OK
+    cluster = args.cluster
+    if cluster == "auto":
+        cluster = "local" if len(slides) > 1 or args.workers or args.gpus else "none"
+    client, gpu_resource = None, None
+    if cluster != "none":
+        client, gpu_resource = start_client(
+            cluster,
+            workers=args.workers,
+            threads_per_worker=args.threads_per_worker,
+            gpus=args.gpus,
+        )
+    bars = _Bars(len(slides), quiet=args.quiet)
+    several = len(slides) > 1
+
+    def on_slide(result: Any, finished: int, total: int) -> None:
+        bars.slides.update(1)
+        if result.status == "done":
+            bars.write(_slide_line(result) + (" (already done)" if result.reused else ""))
+        else:
+            prefix = f"{result.path}: " if several else ""
+            bars.write(f"wsidet: error: {prefix}{result.error}", error=True)
+
+    def on_dashboard(link: str) -> None:
+        bars.write(f"dask dashboard: {link}")
+
+    try:
+        summary = run_cohort(
+            slides,
+            args.out,
+            method=method,
+            weights=weights,
+            client=client,
+            chunk=args.chunk,
+            device=args.device or ("cuda" if args.gpus else None),
+            tile=args.tile,
+            batch_size=args.batch_size,
+            tissue=not args.no_tissue,
+            mpp=args.mpp,
+            formats=args.format,
+            overwrite=args.overwrite,
+            gpu_resource=gpu_resource,
+            progress=CohortProgress(on_slide, bars.on_chunks, on_dashboard),
+            raise_errors=args.debug,
+        )
+    finally:
+        bars.close()
+        if client is not None:
+            close_client(client)
+    if several:
+        rate = summary.processed_mpx / summary.seconds if summary.seconds > 0 else 0.0
+        print(
+            f"{len(summary.results)} slides: {summary.done} done ({summary.reused} already), "
+            f"{summary.failed} failed | {summary.points} nuclei | {summary.seconds:.1f} s | "
+            f"{rate:.1f} Mpx/s -> {args.out}"
+        )
+    return EXIT_ERROR if summary.failed else EXIT_OK
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
@@ -267,7 +280,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # tifffile logs what it repairs or rejects; the error we raise already says it once.
         for noisy in ("tifffile", "tiffslide", "distributed", "numexpr"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
-    commands = {"run": cmd_run, "methods": cmd_methods, "info": cmd_info}
+    commands = {
+        "run": cmd_run,
+        "methods": cmd_methods,
+        "info": cmd_info,
+        "train": cmd_train,
+        "evaluate": cmd_evaluate,
+    }
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:

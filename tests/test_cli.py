@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -21,6 +22,17 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     code = main(args)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def assert_nothing_written(out: Path, *, failed: bool) -> None:
+    """No detections; a slide that failed has a manifest row saying why, nothing else does."""
+    files = sorted(f.name for f in out.iterdir()) if out.exists() else []
+    if failed:
+        assert files == ["manifest.parquet"]
+        manifest = pd.read_parquet(out / "manifest.parquet")
+        assert list(manifest["status"]) == ["failed"] and manifest["error"][0]
+    else:
+        assert files == []
 
 
 def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
@@ -67,7 +79,13 @@ def test_sample_slide_end_to_end(sample_run, sample_slide: Path) -> None:
 def test_existing_outputs_are_kept(sample_run, sample_slide: Path, capsys) -> None:
     out, _ = sample_run
     before = (out / "CMU-1-Small-Region.parquet").read_bytes()
-    code, _, err = run_cli(["run", str(sample_slide), "--out", str(out)], capsys)
+    # The same run again: nothing to do, nothing rewritten.
+    code, stdout, _ = run_cli(["run", str(sample_slide), "--out", str(out), "-q"], capsys)
+    assert code == 0 and "(already done)" in stdout
+    assert (out / "CMU-1-Small-Region.parquet").read_bytes() == before
+    # Another configuration would replace the output: refused without --overwrite.
+    args = ["run", str(sample_slide), "--out", str(out), "-q", "--param", "threshold=0.3"]
+    code, _, err = run_cli(args, capsys)
     assert_one_line_error(code, err, "output exists", "--overwrite")
     assert (out / "CMU-1-Small-Region.parquet").read_bytes() == before
 
@@ -88,22 +106,33 @@ def _bad_inputs(tmp: Path, sample_slide: Path) -> dict[str, tuple[list[str], tup
         "png": ([str(png)], ("not a readable TIFF-based slide",)),
         "truncated": ([str(truncated)], ("truncated.svs", "truncated or corrupt")),
         "method": ([str(sample_slide), "--method", "nope"], ("unknown method 'nope'", "log")),
-        "weights": ([str(sample_slide), "--weights", str(weights)], ("takes no weights",)),
+        "weights": (
+            [str(sample_slide), "--method", "log", "--weights", str(weights)],
+            ("takes no weights",),
+        ),
+        "anonymous-weights": (
+            [str(sample_slide), "--weights", str(weights)],
+            ("do not name their method", "--method"),
+        ),
         "param": ([str(sample_slide), "--param", "bogus=1"], ("no parameter 'bogus'",)),
         "device": ([str(sample_slide), "--device", "tpu9"], ("device",)),
     }
 
 
 @pytest.mark.parametrize(
-    "case", ["missing", "text", "png", "truncated", "method", "weights", "param", "device"]
-)
+    "case",
+    [
+        "missing", "text", "png", "truncated", "method", "weights", "anonymous-weights", "param",
+        "device",
+    ],
+)  # fmt: skip
 def test_bad_input_is_one_line_and_leaves_nothing(case, sample_slide, tmp_path, capsys) -> None:
     args, fragments = _bad_inputs(tmp_path, sample_slide)[case]
     out = tmp_path / "out"
     code, stdout, err = run_cli(["run", *args, "--out", str(out), "-q"], capsys)
     assert_one_line_error(code, err, *fragments)
     assert "Traceback" not in err and stdout == ""
-    assert not out.exists() or not any(out.iterdir())
+    assert_nothing_written(out, failed=case in {"missing", "text", "png", "truncated"})
 
 
 def test_truncated_tiles_fail_cleanly(blob_slide: BlobSlide, tmp_path, capsys) -> None:
@@ -113,12 +142,12 @@ def test_truncated_tiles_fail_cleanly(blob_slide: BlobSlide, tmp_path, capsys) -
     out = tmp_path / "out"
     code, _, err = run_cli(["run", str(cut), "--out", str(out), "-q"], capsys)
     assert_one_line_error(code, err, "cannot read")
-    assert not out.exists() or not any(out.iterdir())
+    assert_nothing_written(out, failed=True)
 
 
 def test_debug_shows_the_traceback(tmp_path, capsys) -> None:
     with pytest.raises(FileNotFoundError):
-        main(["run", str(tmp_path / "absent.svs"), "--debug"])
+        main(["run", str(tmp_path / "absent.svs"), "--out", str(tmp_path / "o"), "--debug"])
 
 
 def test_usage_errors_exit_2(capsys) -> None:
@@ -215,7 +244,7 @@ def test_weights_must_match(
         args += ["--weights", str(random_weights[weights])]
     code, _, err = run_cli(args, capsys)
     assert_one_line_error(code, err, *fragments)
-    assert not (tmp_path / "o").exists()
+    assert_nothing_written(tmp_path / "o", failed=False)
 
 
 def test_methods_and_info(sample_slide: Path, capsys) -> None:

@@ -351,3 +351,42 @@ def test_log_finds_a_dark_nucleus() -> None:
     points, _ = method.decode({k: v[0] for k, v in out.items()})
     assert points.shape == (1, 2)
     np.testing.assert_allclose(points.numpy()[0], [30.3, 33.6], atol=0.5)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_threshold_filtering_claim_holds(name: str) -> None:
+    """Where a method says its threshold only filters scores, decoding agrees at every threshold."""
+    method = get_method(name)
+    if not method.threshold_filters_scores:
+        pytest.skip(f"{name} decodes at every threshold")
+    rng = np.random.default_rng(0)
+    shape = (120, 140)
+    points = random_points(rng, shape, 25, min_sep=12, margin=0)
+    if method.trainable:  # ideal outputs plus noise: many detections with varied scores
+        ideal = method.ideal_outputs(method.encode(points, shape))
+        maps = {
+            k: torch.from_numpy(
+                v + rng.normal(0, 0.2 * (v.std() + 1e-3), v.shape).astype(np.float32)
+            )
+            for k, v in ideal.items()
+        }
+        if "conf" in maps:
+            maps["conf"] = maps["conf"].clamp(0, 1)
+            maps["wt"] = maps["wt"].clamp(min=0)
+    else:
+        from tests.synthetic import blob_image
+
+        image = blob_image(shape, points, 5.0, rng=rng)
+        with torch.inference_mode():
+            x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+            maps = {k: v[0] for k, v in method.build_network()(x).items()}
+    floor_points, floor_scores = method.decode(maps, **{method.threshold_param: 0.0})
+    assert len(floor_scores) >= 10
+    for q in (0.2, 0.5, 0.9):
+        cut = float(torch.quantile(floor_scores, q))
+        points, scores = method.decode(
+            maps, **{method.threshold_param: method.threshold_for_score(cut)}
+        )
+        keep = floor_scores > cut
+        torch.testing.assert_close(points, floor_points[keep])
+        torch.testing.assert_close(scores, floor_scores[keep])

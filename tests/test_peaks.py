@@ -100,3 +100,11 @@ def test_support_is_enough_context(seed, m) -> None:
 
     # Sub-pixel offsets are added at other coordinates: equal up to float32 rounding.
     np.testing.assert_allclose(inside(part), inside(full), atol=1e-5)
+
+
+def test_masked_neighbours_give_finite_points() -> None:
+    score = torch.full((9, 9), float("-inf"))
+    score[3:6, 3:6] = torch.tensor([[1.0, 2.0, 1.0], [2.0, 5.0, 3.0], [1.0, 2.0, 1.0]])
+    score[4, 6] = float("-inf")
+    pts, _ = local_maxima(score, min_distance=2, threshold=0.0)
+    assert torch.isfinite(pts).all() and pts.tolist()[0][0] == 4.0

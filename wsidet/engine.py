@@ -359,6 +359,8 @@ class Detector:
         if isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+            if not image.flags.writeable:  # torch.from_numpy warns on read-only arrays
+                image = image.copy()
             tensor = torch.from_numpy(np.ascontiguousarray(image))
         else:
             tensor = image

@@ -115,6 +115,10 @@ def _parabolic_offsets(s: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         (s[(y - 1).clamp(min=0), x], s[(y + 1).clamp(max=h - 1), x]),
         (s[y, (x - 1).clamp(min=0)], s[y, (x + 1).clamp(max=w - 1)]),
     ):
+        # A masked (-inf) neighbour gives no parabola: no offset along this axis.
+        finite = torch.isfinite(before) & torch.isfinite(after)
+        before = torch.where(finite, before, centre)
+        after = torch.where(finite, after, centre)
         curvature = before - 2 * centre + after
         safe = torch.where(curvature < 0, curvature, torch.full_like(curvature, -1.0))
         delta = torch.where(curvature < 0, 0.5 * (before - after) / safe, torch.zeros_like(centre))

@@ -21,6 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,10 +29,11 @@ import numpy.typing as npt
 
 from wsidet._version import __version__
 from wsidet.engine import DEFAULT_TILE, Detections, DetectorSpec
-from wsidet.methods import DEFAULT_METHOD, get_method
+from wsidet.methods import DEFAULT_METHOD
 from wsidet.methods.base import Method
 from wsidet.slide import Scale, Slide, open_slide
 from wsidet.tiling import DEFAULT_CHUNK, Grid
+from wsidet.weights import resolve_method
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -77,6 +79,65 @@ def detect_block(
     return Detections(points[keep], found.scores[keep], found.totals)
 
 
+def block_tasks(
+    image: da.Array,
+    grid: Grid,
+    spec: DetectorSpec,
+    blocks: Iterable[tuple[int, int]] | None = None,
+) -> list[Any]:
+    """One delayed :func:`detect_block` per block, over dask's overlap of ``image``.
+
+    Parameters
+    ----------
+    image : dask.array.Array, shape (rows, cols, 3), uint8
+        Chunked exactly as ``grid.chunks``.
+    grid : Grid
+    spec : DetectorSpec
+    blocks : iterable of (i, j), optional
+        Blocks to process (default: all).
+
+    Returns
+    -------
+    list of dask.delayed.Delayed
+        Each computes to a :class:`~wsidet.engine.Detections` in global working pixels.
+    """
+    import dask.array as da
+    from dask.base import tokenize
+    from dask.delayed import delayed
+
+    if image.chunks[:2] != grid.chunks or image.shape[:2] != grid.shape:
+        raise ValueError(f"image chunks {image.chunks[:2]} do not match grid {grid.chunks}")
+    dy, dx = grid.depth
+    overlapped = (
+        da.overlap.overlap(image, depth={0: dy, 1: dx, 2: 0}, boundary="none", allow_rechunk=False)
+        if dy or dx
+        else image
+    )
+    pieces = overlapped.to_delayed()
+    selected = list(grid.indices()) if blocks is None else list(blocks)
+    token = tokenize(image.name, grid, spec)
+    run = delayed(detect_block, pure=True)
+    return [
+        run(pieces[i, j, 0], grid, (i, j), spec, dask_key_name=f"{_TASK_PREFIX}{token}-{i}-{j}")
+        for i, j in selected
+    ]
+
+
+def merge_detections(results: Sequence[Detections]) -> Detections:
+    """Concatenate blocks' points and add up their totals."""
+    totals: dict[str, float] = {}
+    for r in results:
+        for name, value in r.totals.items():
+            totals[name] = totals.get(name, 0.0) + value
+    if not results:
+        return Detections(np.zeros((0, 2)), np.zeros(0, np.float32), totals)
+    return Detections(
+        np.concatenate([r.points_yx for r in results]).reshape(-1, 2),
+        np.concatenate([r.scores for r in results]).astype(np.float32),
+        totals,
+    )
+
+
 def detect_array(
     image: da.Array,
     grid: Grid,
@@ -110,41 +171,10 @@ def detect_array(
     list of dict
         The totals of each block, in the order of ``blocks``.
     """
-    import dask.array as da
-    from dask.base import tokenize
-    from dask.delayed import delayed
-
-    if image.chunks[:2] != grid.chunks or image.shape[:2] != grid.shape:
-        raise ValueError(f"image chunks {image.chunks[:2]} do not match grid {grid.chunks}")
-    dy, dx = grid.depth
-    overlapped = (
-        da.overlap.overlap(image, depth={0: dy, 1: dx, 2: 0}, boundary="none", allow_rechunk=False)
-        if dy or dx
-        else image
+    results: list[Detections] = _compute(
+        block_tasks(image, grid, spec, blocks), scheduler, progress
     )
-    pieces = overlapped.to_delayed()
-    selected = list(grid.indices()) if blocks is None else list(blocks)
-    token = tokenize(image.name, grid, spec)
-    run = delayed(detect_block, pure=True)
-    tasks = [
-        run(pieces[i, j, 0], grid, (i, j), spec, dask_key_name=f"{_TASK_PREFIX}{token}-{i}-{j}")
-        for i, j in selected
-    ]
-    results: list[Detections] = _compute(tasks, scheduler, progress)
-    totals: dict[str, float] = {}
-    for r in results:
-        for name, value in r.totals.items():
-            totals[name] = totals.get(name, 0.0) + value
-    merged = Detections(
-        np.concatenate([r.points_yx for r in results]).reshape(-1, 2)
-        if results
-        else np.zeros((0, 2)),
-        np.concatenate([r.scores for r in results]).astype(np.float32)
-        if results
-        else np.zeros(0, np.float32),
-        totals,
-    )
-    return merged, [r.totals for r in results]
+    return merge_detections(results), [r.totals for r in results]
 
 
 def _compute(tasks: Sequence[Any], scheduler: Any, progress: Progress | None) -> list[Any]:
@@ -197,6 +227,146 @@ def tissue_blocks(slide: Slide, scale: Scale, grid: Grid) -> list[tuple[int, int
     return [ix for ix, hit in zip(grid.indices(), hits, strict=True) if hit]
 
 
+@dataclass(frozen=True, eq=False)
+class SlidePlan:
+    """What detecting in one slide involves, decided before any chunk is read.
+
+    Picklable: a plan can be made on a dask worker and its tasks built anywhere.
+
+    Attributes
+    ----------
+    slide : Slide
+    spec : DetectorSpec
+        The method, its weights and the inference settings.
+    scale : Scale
+        Where the method reads the slide.
+    grid : Grid
+        Chunks and halo at that scale.
+    blocks : tuple of (i, j)
+        The chunks to process (those on tissue).
+    tissue : bool
+        Whether chunks and points are limited to tissue.
+    """
+
+    slide: Slide
+    spec: DetectorSpec
+    scale: Scale
+    grid: Grid
+    blocks: tuple[tuple[int, int], ...]
+    tissue: bool
+
+    @property
+    def method(self) -> Method:
+        """The detection method."""
+        return self.spec.method
+
+    def tasks(self) -> list[Any]:
+        """One delayed detection per block (see :func:`block_tasks`)."""
+        image = self.slide.to_dask(self.scale, chunks=self.grid.chunks)
+        return block_tasks(image, self.grid, self.spec, self.blocks)
+
+    @property
+    def processed_mpx(self) -> float:
+        """Working megapixels of the blocks' cores."""
+        boxes = map(self.grid.core_box, self.blocks)
+        return float(sum((b[2] - b[0]) * (b[3] - b[1]) for b in boxes)) / 1e6
+
+    def finish(self, results: Sequence[Detections], seconds: float) -> gpd.GeoDataFrame:
+        """The slide's detections from its blocks' results (in ``blocks`` order).
+
+        Maps points to level 0, drops those off tissue, and records the slide, method, scale,
+        totals and timing in ``attrs["wsidet"]``.
+        """
+        from wsidet.io import detections_frame
+
+        found = merge_detections(results)
+        slide, scale, grid, method = self.slide, self.scale, self.grid, self.method
+        scores = found.scores
+        xy = scale.to_level0(found.points_yx)[:, ::-1]
+        if self.tissue and len(xy):
+            on_tissue = slide.tissue_mask().contains(xy)
+            xy, scores = xy[on_tissue], scores[on_tissue]
+        mpx = self.processed_mpx
+        metadata = {
+            "version": __version__,
+            "slide": {
+                "path": str(slide.path),
+                "slide_id": slide.slide_id,
+                "mpp": slide.mpp,
+                "mpp_source": slide.mpp_source,
+                "height": slide.shape[0],
+                "width": slide.shape[1],
+                "vendor": slide.vendor,
+            },
+            "method": method.name,
+            "params": method.params(),
+            "weights": self.spec.weights,
+            "weights_hash": self.spec.weights_hash,
+            "scale": {
+                "level": scale.level.index,
+                "factor": scale.factor,
+                "mpp": scale.mpp,
+                "halo": grid.halo,
+                "chunks_total": grid.n_blocks[0] * grid.n_blocks[1],
+                "chunks_processed": len(self.blocks),
+            },
+            # Sums of the method's aggregate maps (e.g. FCRN's count), per slide and per
+            # chunk (chunk boxes in level-0 pixels: x0, y0, x1, y1).
+            "totals": found.totals,
+            "chunk_totals": [
+                {"box": _level0_box(scale, grid.core_box(ix)), **r.totals}
+                for ix, r in zip(self.blocks, results, strict=True)
+                if r.totals
+            ],
+            "run": {
+                "seconds": seconds,
+                "processed_mpx": mpx,
+                "processed_area_mm2": mpx * scale.mpp**2 if scale.mpp is not None else None,
+                "tissue_fraction": slide.tissue_mask().fraction if self.tissue else None,
+            },
+        }
+        return detections_frame(
+            xy, scores, method=method.name, slide_id=slide.slide_id, metadata=metadata
+        )
+
+
+def plan_slide(
+    slide: Slide | str | os.PathLike[str],
+    method: str | Method = DEFAULT_METHOD,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    mpp: float | None = None,
+    chunk: int = DEFAULT_CHUNK,
+    device: str | None = None,
+    tile: int = DEFAULT_TILE,
+    batch_size: int | None = None,
+    tissue: bool = True,
+) -> SlidePlan:
+    """Open a slide, choose its scale and chunks, and find the chunks on tissue.
+
+    Parameters are those of :func:`detect_slide`. Reads only the slide's metadata and a
+    low-resolution level (for the tissue mask).
+    """
+    if not isinstance(slide, Slide):
+        slide = open_slide(slide, mpp=mpp)
+    if isinstance(method, str):
+        method, resolved = resolve_method(method, weights)
+        weights = resolved if weights is None else weights
+    spec = DetectorSpec(
+        method,
+        weights=os.fspath(weights) if weights is not None else None,
+        device=device,
+        tile=tile,
+        batch_size=batch_size,
+    )
+    scale = slide.scale_for_mpp(method.mpp)
+    grid = Grid.aligned(
+        scale.shape, halo=method.halo, chunk=chunk, tile=scale.tile, align=method.stride
+    )
+    blocks = tissue_blocks(slide, scale, grid) if tissue else list(grid.indices())
+    return SlidePlan(slide, spec, scale, grid, tuple(blocks), tissue)
+
+
 def detect_slide(
     slide: Slide | str | os.PathLike[str],
     method: str | Method = DEFAULT_METHOD,
@@ -217,7 +387,9 @@ def detect_slide(
     ----------
     slide : Slide or path
     method : str or Method
-        A registered name (see :func:`wsidet.list_methods`) or a configured method.
+        A registered name (see :func:`wsidet.list_methods`) or a configured method. A name
+        with ``weights`` takes the parameters stored in the weights; a trainable method named
+        without weights uses its bundled weights when wsidet ships some.
     weights : path, optional
         Weights of a trainable method.
     mpp : float, optional
@@ -243,79 +415,19 @@ def detect_slide(
         One Point per nucleus in level-0 pixels (schema in :mod:`wsidet.io`); run and slide
         metadata in ``attrs["wsidet"]``.
     """
-    from wsidet.io import detections_frame
-
     started = time.perf_counter()
-    if not isinstance(slide, Slide):
-        slide = open_slide(slide, mpp=mpp)
-    if isinstance(method, str):
-        method = get_method(method)
-    spec = DetectorSpec(
+    plan = plan_slide(
+        slide,
         method,
-        weights=os.fspath(weights) if weights is not None else None,
+        weights=weights,
+        mpp=mpp,
+        chunk=chunk,
         device=device,
         tile=tile,
         batch_size=batch_size,
+        tissue=tissue,
     )
-    local = not (hasattr(scheduler, "compute") and hasattr(scheduler, "gather"))
-    if local:
-        spec.get()  # fail fast on weights/device before reading anything
-    scale = slide.scale_for_mpp(method.mpp)
-    grid = Grid.aligned(
-        scale.shape, halo=method.halo, chunk=chunk, tile=scale.tile, align=method.stride
-    )
-    selected = tissue_blocks(slide, scale, grid) if tissue else list(grid.indices())
-    image = slide.to_dask(scale, chunks=grid.chunks)
-    found, block_totals = detect_array(
-        image, grid, spec, blocks=selected, progress=progress, scheduler=scheduler
-    )
-    scores = found.scores
-    xy = scale.to_level0(found.points_yx)[:, ::-1]
-    if tissue and len(xy):
-        on_tissue = slide.tissue_mask().contains(xy)
-        xy, scores = xy[on_tissue], scores[on_tissue]
-    core_px = float(sum((b[2] - b[0]) * (b[3] - b[1]) for b in map(grid.core_box, selected)))
-    area_mm2 = None
-    if scale.mpp is not None:
-        area_mm2 = core_px * scale.mpp**2 / 1e6
-    metadata = {
-        "version": __version__,
-        "slide": {
-            "path": str(slide.path),
-            "slide_id": slide.slide_id,
-            "mpp": slide.mpp,
-            "mpp_source": slide.mpp_source,
-            "height": slide.shape[0],
-            "width": slide.shape[1],
-            "vendor": slide.vendor,
-        },
-        "method": method.name,
-        "params": method.params(),
-        "weights": spec.weights,
-        "weights_hash": spec.weights_hash,
-        "scale": {
-            "level": scale.level.index,
-            "factor": scale.factor,
-            "mpp": scale.mpp,
-            "halo": grid.halo,
-            "chunks_total": grid.n_blocks[0] * grid.n_blocks[1],
-            "chunks_processed": len(selected),
-        },
-        # Sums of the method's aggregate maps (e.g. FCRN's count), per slide and per chunk
-        # (chunk boxes in level-0 pixels: x0, y0, x1, y1).
-        "totals": found.totals,
-        "chunk_totals": [
-            {"box": _level0_box(scale, grid.core_box(ix)), **t}
-            for ix, t in zip(selected, block_totals, strict=True)
-            if t
-        ],
-        "run": {
-            "seconds": time.perf_counter() - started,
-            "processed_mpx": core_px / 1e6,
-            "processed_area_mm2": area_mm2,
-            "tissue_fraction": slide.tissue_mask().fraction if tissue else None,
-        },
-    }
-    return detections_frame(
-        xy, scores, method=method.name, slide_id=slide.slide_id, metadata=metadata
-    )
+    if not (hasattr(scheduler, "compute") and hasattr(scheduler, "gather")):
+        plan.spec.get()  # in this process: fail fast on weights/device before reading
+    results = _compute(plan.tasks(), scheduler, progress)
+    return plan.finish(results, time.perf_counter() - started)

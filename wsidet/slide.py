@@ -151,11 +151,7 @@ class Slide:
     @property
     def slide_id(self) -> str:
         """File name without its extension(s), used to name outputs."""
-        name = self.path.name
-        for suffix in (".ome.tiff", ".ome.tif"):
-            if name.lower().endswith(suffix):
-                return name[: -len(suffix)]
-        return self.path.stem
+        return slide_id_for(self.path)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -318,6 +314,15 @@ class Slide:
                 for lv in self.levels
             ],
         }
+
+
+def slide_id_for(path: str | os.PathLike[str]) -> str:
+    """A slide's id: its file name without the extension (``.ome.tif`` counts as one)."""
+    name = Path(path).name
+    for suffix in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(path).stem
 
 
 def _block_mean(slide: Slide, level: Level, k: int) -> npt.NDArray[np.uint8]:

@@ -62,6 +62,8 @@ class Method(abc.ABC):
     trainable: ClassVar[bool] = True
     #: Names of the parameters that only change decoding (cheap to sweep in evaluation).
     decode_params: ClassVar[tuple[str, ...]] = ()
+    #: The decoding parameter that trades precision for recall (chosen on validation data).
+    threshold_param: ClassVar[str] = "threshold"
 
     mpp: float = 0.5
 
@@ -191,6 +193,24 @@ class Method(abc.ABC):
     @abc.abstractmethod
     def _decode(self, outputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode with this method's own parameters (see :meth:`decode`)."""
+
+    def threshold_for_score(self, score: float) -> float:
+        """The value of ``threshold_param`` that keeps detections scoring above ``score``."""
+        return float(score)
+
+    def score_for_threshold(self, threshold: float) -> float:
+        """Inverse of :meth:`threshold_for_score`: the score a threshold cuts at."""
+        return float(threshold)
+
+    @property
+    def threshold_filters_scores(self) -> bool:
+        """Whether decoding at a threshold equals decoding at 0 and keeping scores above it.
+
+        True for decoders that apply the threshold to the final scores (peak picking, whose
+        candidates above a threshold are nested, ties included; VOCA). Evaluation then decodes
+        once per image and filters, instead of decoding at every threshold of a sweep.
+        """
+        return True
 
     # ---- parameters --------------------------------------------------------------------------
     @classmethod

@@ -94,6 +94,11 @@ class MapDe(Method):
             raise ParameterError(f"mapde: pos_weight must be > 0, got {self.pos_weight}")
 
     @property
+    def threshold_filters_scores(self) -> bool:
+        """Peak mode filters scores; in deconv mode the threshold shapes the regions."""
+        return self.mode == "peak"
+
+    @property
     def decoder_radius(self) -> int:
         """Lucy–Richardson support plus three region extents (deconv), or the peak support."""
         from wsidet.deconv import deconv_support, region_support

@@ -64,6 +64,7 @@ class MicroNetMethod(Method):
     summary: ClassVar[str] = "MicroNet: residual U-Net regressing exponential proximity maps"
     paper: ClassVar[str] = "micronet-xing2019"
     decode_params: ClassVar[tuple[str, ...]] = ("xi", "min_distance")
+    threshold_param: ClassVar[str] = "xi"
 
     mpp: float = 0.5
     alpha: float = 3.0
@@ -82,6 +83,14 @@ class MicroNetMethod(Method):
             raise ParameterError(f"micronet: xi must be in [0, 1], got {self.xi}")
         if self.width < 1 or self.min_distance < 1:
             raise ParameterError("micronet: width and min_distance must be >= 1")
+
+    def threshold_for_score(self, score: float) -> float:
+        """Scores are map values; the threshold is ``xi * scale``."""
+        return float(score) / self.scale
+
+    def score_for_threshold(self, threshold: float) -> float:
+        """``xi * scale``."""
+        return float(threshold) * self.scale
 
     @property
     def d(self) -> float:

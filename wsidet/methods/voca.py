@@ -80,6 +80,14 @@ class Voca(Method):
         if self.width < 1 or self.nms_distance < 1 or self.score_radius < 0:
             raise ParameterError("voca: width, nms_distance >= 1 and score_radius >= 0")
 
+    def threshold_for_score(self, score: float) -> float:
+        """Scores are accumulated sums; the threshold is a fraction of ``π r²``."""
+        return float(score) / (math.pi * self.radius**2)
+
+    def score_for_threshold(self, threshold: float) -> float:
+        """``threshold × π r²``."""
+        return float(threshold) * math.pi * self.radius**2
+
     @property
     def max_shift(self) -> int:
         """Vectors are clamped to this many pixels per axis when accumulating."""

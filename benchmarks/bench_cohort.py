@@ -1,0 +1,116 @@
+"""Cohort throughput on a local dask cluster with different numbers of workers, as JSON.
+
+Builds ``--slides`` synthetic slides of real tissue (see make_synthetic_slide.py), then runs
+``run_cohort`` over them once per worker count, each time on a fresh ``LocalCluster`` sharing
+the same cores (workers × threads = cores), and reports Mpx/s, the ratio to the first layout,
+and each worker process's peak resident memory.
+
+    python benchmarks/bench_cohort.py --slides 8 --size 4096 --workers 1,2 [--method log]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of the calling process, in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    from distributed import Client, LocalCluster
+
+    sys.path.insert(0, str(HERE))
+    from make_synthetic_slide import build
+
+    from wsidet.cluster import WorkerSetup, available_cores
+    from wsidet.cohort import run_cohort
+    from wsidet.pyramid import write_pyramid
+    from wsidet.weights import resolve_method
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slides", type=int, default=8)
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--method", default="log")
+    parser.add_argument("--weights")
+    parser.add_argument("--chunk", type=int, default=2048)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--keep", type=Path, help="build the slides here (and reuse them)")
+    args = parser.parse_args()
+
+    method, weights = resolve_method(args.method, args.weights)
+    cores = available_cores()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.keep or Path(tmp) / "slides"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(args.slides):
+            path = folder / f"synthetic-{i}.tif"
+            if not path.exists():
+                write_pyramid(path, build(args.size, 500, seed=i), mpp=0.5, downsamples=(1, 4, 16))
+        runs = []
+        for n in map(int, args.workers.split(",")):
+            threads = max(1, cores // n)
+            with (
+                LocalCluster(
+                    n_workers=n, threads_per_worker=threads, processes=True, dashboard_address=":0"
+                ) as cluster,
+                Client(cluster) as client,
+            ):
+                client.register_plugin(WorkerSetup(threads))
+                started = time.perf_counter()
+                summary = run_cohort(
+                    [folder],
+                    Path(tmp) / f"out-{n}",
+                    method=method,
+                    weights=weights,
+                    client=client,
+                    chunk=args.chunk,
+                    device=args.device,
+                )
+                seconds = time.perf_counter() - started
+                rss = sorted(client.run(peak_rss_mb).values())
+            runs.append(
+                {
+                    "workers": n,
+                    "threads_per_worker": threads,
+                    "seconds": round(seconds, 2),
+                    "slides_done": summary.done,
+                    "points": summary.points,
+                    "mpx": round(summary.processed_mpx, 1),
+                    "mpx_per_s": round(summary.processed_mpx / seconds, 2),
+                    "peak_rss_mb_per_worker": [round(r) for r in rss],
+                }
+            )
+            print(json.dumps(runs[-1]), flush=True)
+    base = runs[0]["mpx_per_s"]
+    for run in runs:
+        run["ratio"] = round(run["mpx_per_s"] / base, 2) if base else None
+    print(
+        json.dumps(
+            {
+                "method": method.name,
+                "slides": args.slides,
+                "size": args.size,
+                "chunk": args.chunk,
+                "cores": cores,
+                "device": args.device,
+                "date": time.strftime("%Y-%m-%d"),
+                "runs": runs,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Re-evaluate the weights shipped in the package on CRCHisto and print the table (CPU, < 10 min).
+
+The shipped default was trained on all 100 CRCHisto images, so this is not a held-out test:
+it checks that the shipped file reproduces what its record says (the cross-validated figures
+are in benchmarks/results/crchisto.json). It also reports the speed on the bundled sample slide.
+
+    python benchmarks/evaluate_shipped.py [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data" / "crchisto"
+SAMPLE = ROOT / "examples" / "data" / "CMU-1-Small-Region.svs"
+
+
+def main() -> None:
+    from wsidet.engine import Detector
+    from wsidet.evaluate import evaluate_predictions, predict
+    from wsidet.pipeline import detect_slide
+    from wsidet.train.dataset import load_source
+    from wsidet.train.sources import find_pairs
+    from wsidet.weights import bundled_methods, bundled_weights, method_from_weights
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    rows = {}
+    for name in bundled_methods():
+        weights = bundled_weights(name)
+        assert weights is not None
+        method = method_from_weights(weights, name)
+        record = json.loads(weights.with_suffix(".json").read_text())
+        started = time.perf_counter()
+        detector = Detector(method, weights=weights, device=args.device)
+        sources = [
+            load_source(p, method, one_based=True)
+            for p in find_pairs(DATA / "images", DATA / "detection")
+        ]
+        predictions = predict(detector, sources)
+        table = {}
+        for radius in (6.0, 8.0):
+            s = evaluate_predictions(method, predictions, radius=radius).scores
+            table[f"{radius:g}px"] = {
+                "precision": round(s.precision, 4),
+                "recall": round(s.recall, 4),
+                "f1": round(s.f1, 4),
+                "loc_median_px": round(s.loc_median, 2),
+            }
+        frame = detect_slide(SAMPLE, method, weights=weights, device=args.device)
+        run = frame.attrs["wsidet"]["run"]
+        rows[name] = {
+            "all_crchisto_images": table,
+            "threshold": record.get("threshold"),
+            "sample_slide": {
+                "nuclei": len(frame),
+                "seconds": round(run["seconds"], 2),
+                "mpx_per_s": round(run["processed_mpx"] / run["seconds"], 3),
+            },
+            "minutes": round((time.perf_counter() - started) / 60, 2),
+        }
+        scores = "  ".join(
+            f"{r}: P {v['precision']:.3f} R {v['recall']:.3f} F1 {v['f1']:.3f}"
+            for r, v in table.items()
+        )
+        speed = rows[name]["sample_slide"]["mpx_per_s"]
+        print(f"{name}: {scores}  | sample slide {len(frame)} nuclei, {speed} Mpx/s")
+    print(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""Two-fold cross-validation on CRCHisto (the VOCA split) for every method, as in the papers.
+
+For each method and fold k: train on the images of fold k (15% of them carved out for
+validation: early stopping and the decoding threshold), then test on the other fold with that
+threshold, at 6 px (CRCHisto, VOCA) and 8 px (TIAToolbox). ``log`` has nothing to train: its
+threshold is chosen on fold k and tested on the other fold the same way.
+
+Results per run go to ``OUT/METHOD/foldK/``; the summary to ``benchmarks/results/crchisto.json``:
+``f1_6px_foldK`` is the F1 on fold K as test set (trained on the other fold).
+Runs already finished are skipped, so the script can be stopped and restarted.
+
+    python benchmarks/reproduce_crchisto.py --out bench-out/crchisto [--methods voca,mapde]
+        [--budget-scale 1.0] [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data" / "crchisto"
+RESULTS = ROOT / "benchmarks" / "results" / "crchisto.json"
+
+#: Per-method training settings; minutes are the CPU budget per fold (scaled by --budget-scale).
+PLAN: dict[str, dict[str, Any]] = {
+    "voca": {"params": {"width": 32}, "minutes": 50, "samples": 2048, "lr": 1e-3},
+    "mapde": {"params": {"width": 16}, "minutes": 30, "samples": 1024, "lr": 1e-3},
+    "micronet": {"params": {"width": 16}, "minutes": 30, "samples": 1024, "lr": 1e-3},
+    "fcrn_a": {"params": {}, "minutes": 30, "samples": 1024, "lr": 1e-3},
+    "proximity": {"params": {}, "minutes": 30, "samples": 512, "lr": 5e-4},
+    "fcrn_b": {"params": {}, "minutes": 30, "samples": 256, "lr": 1e-3},
+    "log": {"params": {}, "minutes": 0},
+}
+PUBLISHED = {
+    "SC-CNN (Sirinukunwattana 2016)": {"f1_6px": 0.802},
+    "VOCA (Xie 2019)": {"f1_6px": 0.847},
+    "MapDe, TIAToolbox weights": {"f1_8px": 0.81},
+}
+
+
+def run_fold(name: str, fold: int, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from wsidet.engine import Detector
+    from wsidet.evaluate import choose_threshold, evaluate_predictions, predict, write_pr_curve
+    from wsidet.evaluate import sweep as threshold_sweep
+    from wsidet.methods import get_method
+    from wsidet.train.augment import Augment
+    from wsidet.train.dataset import load_source
+    from wsidet.train.loop import TrainConfig, train
+    from wsidet.train.sources import find_pairs, select_fold
+    from wsidet.weights import method_from_weights
+
+    plan = PLAN[name]
+    method = get_method(name, **plan["params"])
+    pairs = find_pairs(DATA / "images", DATA / "detection")
+    train_pairs = select_fold(pairs, DATA / "splits.csv", fold)
+    test_pairs = select_fold(pairs, DATA / "splits.csv", 3 - fold)
+    shuffled = train_pairs[:]
+    random.Random(fold).shuffle(shuffled)
+    n_val = round(0.15 * len(shuffled))
+    val_pairs, fit_pairs = shuffled[:n_val], shuffled[n_val:]
+
+    def load(items: list[Any]) -> list[Any]:
+        return [load_source(p, method, one_based=True) for p in items]
+
+    started = time.perf_counter()
+    weights = None
+    if method.trainable:
+        result = train(
+            method,
+            load(fit_pairs),
+            load(val_pairs),
+            TrainConfig(
+                epochs=400,
+                samples_per_epoch=plan["samples"],
+                batch_size=8,
+                patch=128,
+                lr=plan["lr"],
+                patience=12,
+                seed=fold,
+                device=args.device,
+                augment=Augment(),
+                max_minutes=plan["minutes"] * args.budget_scale,
+            ),
+            out,
+            resume=True,
+            on_epoch=lambda log: print(f"  {name} fold {fold}: {log}", flush=True),
+            data_record={"dataset": "CRCHisto", "fold": fold, "split": "voca_fold"},
+        )
+        weights = result.weights
+        method = method_from_weights(weights, name)
+    else:  # nothing to train: choose the threshold on the training fold
+        detector = Detector(method, device=args.device)
+        threshold, _ = choose_threshold(method, predict(detector, load(train_pairs)), radius=6.0)
+        method = method.replace(**{method.threshold_param: threshold})
+    train_minutes = (time.perf_counter() - started) / 60
+    detector = Detector(method, weights=weights, device=args.device)
+    predictions = predict(detector, load(test_pairs))
+    at6 = evaluate_predictions(method, predictions, radius=6.0)
+    at8 = evaluate_predictions(method, predictions, radius=8.0)
+    write_pr_curve(
+        {f"{name} test fold {3 - fold}": threshold_sweep(method, predictions, radius=6.0)},
+        out / "test-pr.png",
+        title=f"{name}: trained on fold {fold}, tested on fold {3 - fold}, 6 px",
+        marks={f"{name} test fold {3 - fold}": at6},
+    )
+    summary = {
+        "method": name,
+        "trained_on_fold": fold,
+        "test_fold": 3 - fold,
+        "threshold": {method.threshold_param: getattr(method, method.threshold_param)},
+        "params": method.params(),
+        "train_minutes": train_minutes,
+        "at_6px": {k: v for k, v in at6.as_dict().items() if k != "per_image"},
+        "at_8px": {k: v for k, v in at8.as_dict().items() if k != "per_image"},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def aggregate(out_root: Path, command: str, device: str) -> dict[str, Any]:
+    methods: dict[str, Any] = {}
+    for name in PLAN:
+        runs = {}
+        for fold in (1, 2):
+            path = out_root / name / f"fold{fold}" / "summary.json"
+            if path.is_file():
+                runs[fold] = json.loads(path.read_text())
+        if len(runs) < 2:
+            continue
+        by_test = {r["test_fold"]: r for r in runs.values()}
+        six = [by_test[k]["at_6px"] for k in (1, 2)]
+        eight = [by_test[k]["at_8px"] for k in (1, 2)]
+        methods[name] = {
+            "f1_6px_mean": float(np.mean([s["f1"] for s in six])),
+            "f1_6px_fold1": six[0]["f1"],
+            "f1_6px_fold2": six[1]["f1"],
+            "f1_8px_mean": float(np.mean([s["f1"] for s in eight])),
+            "precision": float(np.mean([s["precision"] for s in six])),
+            "recall": float(np.mean([s["recall"] for s in six])),
+            "loc_median_px": float(np.mean([s["loc_median"] for s in six])),
+            "train_minutes": [runs[k]["train_minutes"] for k in (1, 2)],
+            "params": runs[1]["params"],
+        }
+    return {
+        "methods": methods,
+        "published": PUBLISHED,
+        "protocol": (
+            "2-fold cross-validation, VOCA split (crchisto/splits.csv voca_fold); f1_6px_foldK = "
+            "F1 with fold K as the test set, the model trained on the other fold; 15% of the "
+            "training fold held out for early stopping and the decoding threshold; scores "
+            "pooled over the test images; Hungarian matching within 6 (or 8) px"
+        ),
+        "hardware": device,
+        "date": time.strftime("%Y-%m-%d"),
+        "command": command,
+    }
+
+
+def main() -> None:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench-out/crchisto"))
+    parser.add_argument("--methods", default=",".join(PLAN))
+    parser.add_argument("--folds", default="1,2")
+    parser.add_argument("--budget-scale", type=float, default=1.0)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"CRCHisto not found at {DATA}")
+    for name in args.methods.split(","):
+        for fold in map(int, args.folds.split(",")):
+            out = args.out / name / f"fold{fold}"
+            if (out / "summary.json").is_file():
+                print(f"{name} fold {fold}: done, skipping")
+                continue
+            out.mkdir(parents=True, exist_ok=True)
+            summary = run_fold(name, fold, out, args)
+            print(f"{name} fold {fold}: test F1@6px {summary['at_6px']['f1']:.4f}", flush=True)
+    device = "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"
+    hardware = (
+        torch.cuda.get_device_name(0)
+        if device == "cuda"
+        else f"CPU: {platform.machine()}, {torch.get_num_threads()} threads"
+    )
+    report = aggregate(args.out, " ".join(sys.argv), hardware)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report["methods"], indent=2))
+
+
+if __name__ == "__main__":
+    main()

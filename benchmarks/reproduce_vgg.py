@@ -1,0 +1,155 @@
+"""FCRN-A and FCRN-B cell counting on the VGG synthetic cells, as in the FCRN paper (Table 1).
+
+Protocol (Lempitsky & Zisserman 2010, followed by the paper): N = 32 training images drawn from
+images 001-100, tested on 101-200; five draws, reporting the mean absolute count error and its
+standard deviation over the draws. Each draw also takes 8 further images of 001-100 for
+validation (early stopping on the validation count error). The count of a test image is the
+integral of the predicted density (/100).
+
+Results per draw go to ``OUT/METHOD/drawK/``; the summary to
+``benchmarks/results/vgg_cells.json``. Finished draws are skipped on a rerun.
+
+    python benchmarks/reproduce_vgg.py --out bench-out/vgg [--methods fcrn_a] [--draws 5]
+        [--budget-scale 1.0] [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data" / "vgg_cells"
+RESULTS = ROOT / "benchmarks" / "results" / "vgg_cells.json"
+
+#: Minutes of training per draw on CPU (scaled by --budget-scale).
+PLAN = {
+    "fcrn_a": {"minutes": 8, "samples": 512},
+    "fcrn_b": {"minutes": 12, "samples": 128},
+}
+PUBLISHED = {"fcrn_a": "2.9 ± 0.2", "fcrn_b": "3.3 ± 0.2"}
+N_TRAIN, N_VAL = 32, 8
+
+
+def run_draw(name: str, draw: int, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from wsidet.engine import Detector
+    from wsidet.evaluate import evaluate_predictions, predict
+    from wsidet.methods import get_method
+    from wsidet.train.augment import Augment
+    from wsidet.train.dataset import load_source
+    from wsidet.train.loop import TrainConfig, train
+    from wsidet.train.sources import find_pairs, select_fold
+    from wsidet.weights import method_from_weights
+
+    method = get_method(name)
+    pairs = find_pairs(DATA / "images", DATA / "points")
+    pool = select_fold(pairs, DATA / "splits.csv", "train_pool")
+    test = select_fold(pairs, DATA / "splits.csv", "test")
+    chosen = random.Random(draw).sample(pool, N_TRAIN + N_VAL)
+    fit, val = chosen[:N_TRAIN], chosen[N_TRAIN:]
+
+    def load(items: list[Any]) -> list[Any]:
+        return [load_source(p, method) for p in items]
+
+    result = train(
+        method,
+        load(fit),
+        load(val),
+        TrainConfig(
+            epochs=400,
+            samples_per_epoch=PLAN[name]["samples"],
+            batch_size=8,
+            patch=128,
+            lr=1e-3,
+            patience=15,
+            seed=draw,
+            device=args.device,
+            # Fluorescence, not H&E: flips and intensity, no stain jitter.
+            augment=Augment(hed=0.0, intensity=0.1),
+            select_on="count",
+            max_minutes=PLAN[name]["minutes"] * args.budget_scale,
+        ),
+        out,
+        resume=True,
+        on_epoch=lambda log: print(f"  {name} draw {draw}: {log}", flush=True),
+        data_record={"dataset": "VGG cells", "draw": draw, "train_keys": [p.key for p in fit]},
+    )
+    trained = method_from_weights(result.weights, name)
+    detector = Detector(trained, weights=result.weights, device=args.device)
+    evaluation = evaluate_predictions(trained, predict(detector, load(test)), radius=6.0)
+    summary = {
+        "method": name,
+        "draw": draw,
+        "n_train": N_TRAIN,
+        "count_mae": evaluation.count_mae,
+        "train_minutes": json.loads(result.record.read_text())["minutes"],
+        "best_epoch": result.best_epoch,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def main() -> None:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench-out/vgg"))
+    parser.add_argument("--methods", default=",".join(PLAN))
+    parser.add_argument("--draws", type=int, default=5)
+    parser.add_argument("--budget-scale", type=float, default=1.0)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"VGG cells not found at {DATA}")
+    methods: dict[str, Any] = {}
+    for name in args.methods.split(","):
+        maes, minutes = [], []
+        for draw in range(args.draws):
+            out = args.out / name / f"draw{draw}"
+            done = out / "summary.json"
+            if done.is_file():
+                summary = json.loads(done.read_text())
+            else:
+                out.mkdir(parents=True, exist_ok=True)
+                summary = run_draw(name, draw, out, args)
+            print(f"{name} draw {draw}: count MAE {summary['count_mae']:.2f}", flush=True)
+            maes.append(summary["count_mae"])
+            minutes.append(summary["train_minutes"])
+        methods[name] = {
+            "mae_mean": float(np.mean(maes)),
+            "mae_sd": float(np.std(maes, ddof=1)) if len(maes) > 1 else 0.0,
+            "n_train": N_TRAIN,
+            "draws": maes,
+            "train_minutes": minutes,
+            "published": PUBLISHED[name],
+        }
+    device = "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"
+    report = {
+        "methods": methods,
+        "protocol": (
+            f"N = {N_TRAIN} training + {N_VAL} validation images drawn from 001-100 per draw "
+            "(seeded by the draw number), tested on 101-200; count = integral of the density; "
+            "mean absolute error per image, mean ± sd over draws"
+        ),
+        "hardware": torch.cuda.get_device_name(0)
+        if device == "cuda"
+        else f"CPU: {platform.machine()}, {torch.get_num_threads()} threads",
+        "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join(sys.argv),
+    }
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(report, indent=2))
+    print(json.dumps(methods, indent=2))
+
+
+if __name__ == "__main__":
+    main()

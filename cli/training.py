@@ -1,0 +1,201 @@
+"""``wsidet train`` and ``wsidet evaluate``: argument parsing and printing around wsidet.train."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from .args import parse_params
+
+EXIT_OK = 0
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", required=True, metavar="DIR", help="images or slides")
+    parser.add_argument(
+        "--points", required=True, metavar="DIR", help="x,y CSV / GeoJSON / GeoParquet per image"
+    )
+    parser.add_argument("--split", metavar="FILE", help="CSV: image id, fold column")
+    parser.add_argument("--fold", help="use the images of this fold (with --split)")
+    parser.add_argument(
+        "--fold-column", help="fold column of --split (default: the one named *fold*)"
+    )
+    parser.add_argument(
+        "--one-based", action="store_true", help="CSV coordinates are 1-based (MATLAB, CRCHisto)"
+    )
+    parser.add_argument(
+        "--image-mpp", type=float, help="µm/px of plain images (default: the method's)"
+    )
+    parser.add_argument("--device", help="cpu, cuda or cuda:N")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--debug", action="store_true")
+
+
+def add_parsers(sub: Any) -> None:
+    train = sub.add_parser("train", help="train a method on annotated images or slides")
+    train.add_argument("--method", required=True)
+    add_data_arguments(train)
+    train.add_argument("--out", required=True, metavar="DIR")
+    train.add_argument("--epochs", type=int, default=100)
+    train.add_argument("--minutes", type=float, help="time budget (stops after the epoch)")
+    train.add_argument("--samples-per-epoch", type=int, default=512)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--patch", type=int, default=128)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
+    train.add_argument("--patience", type=int, default=15)
+    train.add_argument("--val-fraction", type=float, default=0.15, help="of the training images")
+    train.add_argument("--radius", type=float, default=6.0, help="validation matching radius (px)")
+    train.add_argument(
+        "--select-on",
+        choices=["f1", "count"],
+        default="f1",
+        help="keep the weights with the best validation F1, or the lowest count error",
+    )
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--resume", action="store_true")
+    train.add_argument("-q", "--quiet", action="store_true")
+
+    evaluate = sub.add_parser("evaluate", help="score weights against annotated images")
+    evaluate.add_argument("--weights", help="trained weights (default: the method's bundled ones)")
+    evaluate.add_argument("--method", help="method (default: the one the weights name)")
+    add_data_arguments(evaluate)
+    evaluate.add_argument(
+        "--radius",
+        type=float,
+        action="append",
+        help="matching radius in px (repeatable; default 6)",
+    )
+    evaluate.add_argument("--out", metavar="DIR", help="write evaluation.json and pr.png here")
+
+
+def _pairs(args: argparse.Namespace) -> list[Any]:
+    from wsidet.train.sources import find_pairs, select_fold
+
+    pairs = find_pairs(args.images, args.points)
+    if args.split:
+        if args.fold is None:
+            raise ValueError("--split needs --fold")
+        pairs = select_fold(pairs, args.split, args.fold, column=args.fold_column)
+    elif args.fold is not None:
+        raise ValueError("--fold needs --split")
+    return pairs
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from wsidet.methods import get_method
+    from wsidet.train.augment import Augment
+    from wsidet.train.dataset import load_source
+    from wsidet.train.loop import TrainConfig, train
+
+    method = get_method(args.method, **parse_params(args.param))
+    pairs = _pairs(args)
+    if len(pairs) < 2:
+        raise ValueError(f"need at least 2 annotated images (one for validation), got {len(pairs)}")
+    shuffled = pairs[:]
+    random.Random(args.seed).shuffle(shuffled)
+    n_val = min(len(pairs) - 1, max(1, round(args.val_fraction * len(pairs))))
+    val_pairs, train_pairs = shuffled[:n_val], shuffled[n_val:]
+    load = {"one_based": args.one_based, "image_mpp": args.image_mpp}
+    config = TrainConfig(
+        epochs=args.epochs,
+        samples_per_epoch=args.samples_per_epoch,
+        batch_size=args.batch_size,
+        patch=args.patch,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        patience=args.patience,
+        seed=args.seed,
+        device=args.device,
+        augment=Augment(),
+        radius=args.radius,
+        max_minutes=args.minutes,
+        select_on=args.select_on,
+    )
+    print(
+        f"training {method.name} on {len(train_pairs)} images, validating on {len(val_pairs)} "
+        f"-> {args.out}"
+    )
+
+    def show(log: Any) -> None:
+        if not args.quiet:
+            mark = " *" if log.improved else ""
+            print(
+                f"epoch {log.epoch:3d}  loss {log.loss:.4f}  val F1 {log.val_f1:.4f} "
+                f"(P {log.val_precision:.3f} R {log.val_recall:.3f} at {log.threshold:.4g})  "
+                f"{log.seconds:.0f} s{mark}",
+                flush=True,
+            )
+
+    result = train(
+        method,
+        [load_source(p, method, **load) for p in train_pairs],
+        [load_source(p, method, **load) for p in val_pairs],
+        config,
+        args.out,
+        resume=args.resume,
+        on_epoch=show,
+        data_record={
+            "images": str(args.images),
+            "points": str(args.points),
+            "split": args.split,
+            "fold": args.fold,
+            "validation_keys": [p.key for p in val_pairs],
+        },
+    )
+    what = "validation F1" if config.select_on == "f1" else "validation count MAE"
+    value = result.best_score if config.select_on == "f1" else -result.best_score
+    print(f"best epoch {result.best_epoch}: {what} {value:.4f} -> {result.weights}")
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from wsidet.engine import Detector
+    from wsidet.evaluate import evaluate_predictions, predict, sweep, write_pr_curve
+    from wsidet.train.dataset import load_source
+    from wsidet.weights import bundled_weights, method_from_weights
+
+    weights = args.weights or (bundled_weights(args.method) if args.method else None)
+    if weights is None:
+        raise ValueError("give --weights (or a --method with bundled weights)")
+    method = method_from_weights(weights, args.method, **parse_params(args.param))
+    pairs = _pairs(args)
+    sources = [
+        load_source(p, method, one_based=args.one_based, image_mpp=args.image_mpp) for p in pairs
+    ]
+    detector = Detector(method, weights=weights, device=args.device)
+    predictions = predict(detector, sources)
+    report: dict[str, Any] = {
+        "method": method.name,
+        "weights": str(weights),
+        "threshold": {method.threshold_param: getattr(method, method.threshold_param)},
+        "images": len(sources),
+        "radii": {},
+    }
+    results = {}
+    for radius in args.radius or [6.0]:
+        result = results[radius] = evaluate_predictions(method, predictions, radius=radius)
+        s = result.scores
+        print(
+            f"{method.name} radius {radius:g} px: precision {s.precision:.4f} "
+            f"recall {s.recall:.4f} F1 {s.f1:.4f} | localisation median {s.loc_median:.2f} px "
+            f"(Q1 {s.loc_q1:.2f}, Q3 {s.loc_q3:.2f}) | count MAE {result.count_mae:.2f}"
+        )
+        report["radii"][str(radius)] = result.as_dict()
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        radius = (args.radius or [6.0])[0]
+        curve = sweep(method, predictions, radius=radius)
+        write_pr_curve(
+            {method.name: curve},
+            out / "pr.png",
+            title=f"{method.name}, {radius:g} px (circle: the weights' threshold)",
+            marks={method.name: results[radius]},
+        )
+        (out / "evaluation.json").write_text(json.dumps(report, indent=2, default=str))
+        print(f"wrote {out / 'evaluation.json'} and {out / 'pr.png'}")
+    return EXIT_OK

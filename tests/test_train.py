@@ -1,0 +1,305 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from wsidet.cli.main import main
+
+from tests.conftest import make_blob_slide
+from tests.synthetic import blob_image, random_points
+from wsidet.evaluate import Predictions, choose_threshold, evaluate_predictions
+from wsidet.io import read_detections
+from wsidet.methods import get_method
+from wsidet.train.augment import Augment, dihedral, hed_jitter
+from wsidet.train.checkpoint import save_weights
+from wsidet.train.dataset import ImageSource, PointDataset, SlideSource, load_source
+from wsidet.train.loop import TrainConfig, train
+from wsidet.train.sources import AnnotationError, find_pairs, read_points, select_fold
+from wsidet.weights import method_from_weights, resolve_method
+
+
+def write_points(path: Path, xy: np.ndarray, kind: str) -> Path:
+    if kind == "csv":
+        path.write_text("x,y\n" + "".join(f"{x},{y}\n" for x, y in xy))
+    else:
+        feats = [
+            {"type": "Feature", "geometry": {"type": "Point", "coordinates": [float(x), float(y)]}}
+            for x, y in xy
+        ]
+        path.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    return path
+
+
+# ---- sources ---------------------------------------------------------------------------------
+
+
+def test_pairs_folds_and_point_files(tmp_path: Path) -> None:
+    images, points = tmp_path / "images", tmp_path / "points"
+    images.mkdir()
+    points.mkdir()
+    for i in (1, 2, 10):
+        Image.new("RGB", (8, 8)).save(images / f"{i:03d}cell.png")
+        write_points(points / f"{i:03d}.csv", np.array([[1.0, 2.0]]), "csv")
+    Image.new("RGB", (8, 8)).save(images / "unannotated.png")
+    pairs = find_pairs(images, points)
+    assert [p.key for p in pairs] == ["1", "2", "10"]
+    split = tmp_path / "split.csv"
+    split.write_text("image,split\n001,train\n002,test\n010,train\n")
+    assert [p.key for p in select_fold(pairs, split, "train")] == ["1", "10"]
+    with pytest.raises(AnnotationError, match="values: test, train"):
+        select_fold(pairs, split, "holdout")
+    with pytest.raises(AnnotationError, match="no image"):
+        find_pairs(images, tmp_path)
+    # CSV x,y -> yx indices (1-based files shifted); GeoJSON level-0 -> indices (-0.5).
+    np.testing.assert_allclose(read_points(points / "001.csv"), [[2.0, 1.0]])
+    np.testing.assert_allclose(read_points(points / "001.csv", one_based=True), [[1.0, 0.0]])
+    geo = write_points(tmp_path / "p.geojson", np.array([[10.5, 20.5]]), "geojson")
+    np.testing.assert_allclose(read_points(geo), [[20.0, 10.0]])
+
+
+@pytest.mark.parametrize(
+    ("file_mpp", "downsamples", "expected_level", "resampled"),
+    [(0.25, (1, 2, 4), 1, False), (0.2, (1, 2), 1, True), (0.5, (1,), 0, False)],
+)
+def test_slide_patches_line_up_with_their_points(
+    tmp_path: Path, file_mpp: float, downsamples, expected_level: int, resampled: bool
+) -> None:
+    """A point at (x, y) in a slide lands on its nucleus in the patch, at any level or mpp.
+
+    VOCA's targets encode each centre exactly (pixel + localisation vector), so the centres can
+    be read back from the targets and compared with the dark nuclei in the patch's pixels.
+    """
+    from wsidet.train.sources import Annotated
+
+    path = tmp_path / "s.tif"
+    truth = make_blob_slide(
+        path, shape=(640, 720), mpp=file_mpp, physical_mpp=file_mpp, seed=5, n=30,
+        downsamples=downsamples,
+    )  # fmt: skip
+    pts_file = write_points(tmp_path / "s.geojson", truth.points_xy, "geojson")
+    method = get_method("voca", width=4)
+    source = load_source(Annotated("s", path, pts_file), method)
+    assert isinstance(source, SlideSource)
+    assert source.scale.level.index == expected_level
+    assert (source.scale.factor != 1.0) == resampled
+    dataset = PointDataset([source], method, patch=96, samples=12, augment=None, seed=3)
+    checked = 0
+    for i in range(len(dataset)):
+        image, targets = dataset[i]
+        dark = (image.permute(1, 2, 0).numpy() * 255).sum(axis=2) < 450
+        conf = targets["conf"][0].numpy() > 0.5
+        yy, xx = np.nonzero(conf)
+        loc = targets["loc"].numpy()
+        centres = np.unique(
+            np.round(np.stack([yy + loc[0, yy, xx], xx + loc[1, yy, xx]], 1), 3), axis=0
+        )
+        for cy, cx in centres:
+            if not (12 <= cy < 84 and 12 <= cx < 84):
+                continue  # the nucleus may be cut by the patch edge
+            gy, gx = np.mgrid[0:96, 0:96]
+            near = dark & (np.hypot(gy - cy, gx - cx) < 10)
+            centroid = np.array([gy[near].mean(), gx[near].mean()])
+            assert np.hypot(*(centroid - [cy, cx])) < 1.0
+            checked += 1
+    assert checked >= 5
+
+
+def test_image_sources_read_windows() -> None:
+    rng = np.random.default_rng(0)
+    pts = random_points(rng, (200, 240), 10, min_sep=30, margin=15)
+    image = blob_image((200, 240), pts, 8.0, rng=rng)
+    source = ImageSource("a", image, pts)
+    assert source.shape == (200, 240)
+    np.testing.assert_array_equal(source.read(10, 20, 30, 50), image[10:20, 30:50])
+
+
+# ---- augmentation ------------------------------------------------------------------------------
+
+
+@settings(max_examples=40)
+@given(k=st.integers(0, 7), seed=st.integers(0, 1000))
+def test_dihedral_moves_points_with_pixels(k: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    size = 17
+    image = np.zeros((size, size, 3), np.uint8)
+    pts = rng.integers(0, size, (5, 2)).astype(np.float64)
+    for i, (y, x) in enumerate(pts.astype(int)):
+        image[y, x] = (i + 1) * 40
+    out, moved = dihedral(image, pts, k)
+    for i, (y, x) in enumerate(np.rint(moved).astype(int)):
+        assert out[y, x, 0] == image[int(pts[i, 0]), int(pts[i, 1]), 0]
+
+
+def test_hed_jitter_is_small_and_reproducible() -> None:
+    image = np.random.default_rng(0).integers(0, 256, (20, 20, 3)).astype(np.uint8)
+    a = hed_jitter(image, np.random.default_rng(1))
+    b = hed_jitter(image, np.random.default_rng(1))
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a.astype(int) - image).mean() < 25
+    np.testing.assert_array_equal(
+        hed_jitter(image, np.random.default_rng(1), scale=0, shift=0), image
+    )
+
+
+def test_dataset_is_reproducible_per_seed_epoch_index() -> None:
+    rng = np.random.default_rng(2)
+    pts = random_points(rng, (150, 160), 12, min_sep=25, margin=10)
+    source = ImageSource("a", blob_image((150, 160), pts, 7.0, rng=rng), pts)
+    method = get_method("voca", width=4)
+    ds = PointDataset([source], method, patch=64, samples=4, augment=Augment(scale=0.1), seed=7)
+    first = ds[2]
+    assert torch.equal(first[0], ds[2][0])
+    ds.set_epoch(1)
+    assert not torch.equal(first[0], ds[2][0])
+    assert set(first[1]) == {"conf", "loc", "wt"} and first[1]["loc"].shape == (2, 64, 64)
+
+
+# ---- evaluation --------------------------------------------------------------------------------
+
+
+def test_known_predictions_give_known_scores() -> None:
+    method = get_method("fcrn_a")
+    truth = np.array([[20.0, 20.0 + 20 * i] for i in range(10)])  # 10 nuclei in a row
+    # 8 found (1 px off), 2 missed, 3 false detections far from any nucleus.
+    predicted = np.concatenate(
+        [truth[:8] + np.array([1.0, 0.0]), [[60.0, 30.0], [60.0, 90.0], [60.0, 150.0]]]
+    )
+    shape = (80, 220)
+    maps = {k: torch.from_numpy(v) for k, v in method.encode(predicted, shape).items()}
+    result = evaluate_predictions(method, Predictions(["a"], [maps], [truth]), radius=6.0)
+    s = result.scores
+    assert (s.tp, s.fp, s.fn) == (8, 3, 2)
+    assert s.precision == pytest.approx(8 / 11) and s.recall == pytest.approx(0.8)
+    assert s.f1 == pytest.approx(16 / 21)
+    assert s.loc_median == pytest.approx(1.0, abs=0.05)
+    assert result.count_mae == pytest.approx(1.0, abs=1e-3)  # the density integrates to 11
+
+
+def test_threshold_is_chosen_for_the_best_f1() -> None:
+    method = get_method("fcrn_a")
+    truth = np.array([[20.0, 20.0 + 25 * i] for i in range(6)])
+    strong = method.encode(truth, (60, 170))["density"]
+    weak = 0.3 * method.encode(np.array([[45.0, 40.0], [45.0, 110.0]]), (60, 170))["density"]
+    maps = {"density": torch.from_numpy(strong + weak)}
+    threshold, curve = choose_threshold(method, Predictions(["a"], [maps], [truth]), radius=6.0)
+    best = max(curve, key=lambda e: e.scores.f1)
+    assert best.scores.f1 == 1.0
+    assert 0.3 * strong.max() <= threshold < strong.max()
+
+
+# ---- training and checkpoints ------------------------------------------------------------------
+
+
+def test_checkpoints_carry_their_method(tmp_path: Path) -> None:
+    method = get_method("voca", width=4, threshold=0.42)
+    path = save_weights(method.build_network(), method, tmp_path / "v.safetensors")
+    assert method_from_weights(path) == method
+    assert method_from_weights(path, "voca", threshold=0.5).threshold == 0.5  # type: ignore[attr-defined]
+    from wsidet.errors import WeightsError
+
+    with pytest.raises(WeightsError, match="trained for method 'voca'"):
+        method_from_weights(path, "mapde")
+    resolved, weights = resolve_method(None, path)
+    assert resolved == method and weights == path
+
+
+def test_short_training_lowers_the_loss_and_its_weights_run(tmp_path: Path, capsys) -> None:
+    rng = np.random.default_rng(4)
+    sources = []
+    for i in range(3):
+        pts = random_points(rng, (160, 160), 14, min_sep=28, margin=8)
+        sources.append(ImageSource(str(i), blob_image((160, 160), pts, 7.0, rng=rng), pts))
+    method = get_method("voca", width=4)
+    probe = PointDataset(sources, method, patch=64, samples=8, augment=None, seed=99)
+    images = torch.stack([probe[i][0] for i in range(8)])
+    targets = {k: torch.stack([probe[i][1][k] for i in range(8)]) for k in probe[0][1]}
+    torch.manual_seed(0)
+    initial = method.build_network().eval()
+    with torch.no_grad():
+        before = float(method.loss(initial(images), targets))
+    config = TrainConfig(
+        epochs=2, samples_per_epoch=64, batch_size=8, patch=64, lr=3e-3, device="cpu", seed=0
+    )
+    result = train(method, sources[:2], sources[2:], config, tmp_path / "ckpt")
+    assert len(result.history) == 2 and result.weights.is_file()
+    trained = result.method.build_network()
+    from safetensors.torch import load_file
+
+    trained.load_state_dict(load_file(str(result.weights)))
+    trained.eval()
+    with torch.no_grad():
+        after = float(method.loss(trained(images), targets))
+    assert after < before
+    record = json.loads((tmp_path / "ckpt" / "voca.json").read_text())
+    assert record["method"] == "voca" and record["params"]["width"] == 4
+    assert "threshold" in record and record["data"]["train"]["sources"] == ["0", "1"]
+    # The checkpoint runs through the CLI, its parameters (width 4) taken from the weights.
+    slide = tmp_path / "slide.tif"
+    make_blob_slide(slide, shape=(200, 240), mpp=0.5, physical_mpp=0.5, seed=1, n=8)
+    code = main(
+        ["run", str(slide), "--weights", str(result.weights), "--out", str(tmp_path / "o"), "-q"]
+    )
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    assert read_detections(tmp_path / "o" / "slide.parquet").attrs["wsidet"]["method"] == "voca"
+
+
+def test_training_resumes_from_its_state(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    pts = random_points(rng, (128, 128), 10, min_sep=25, margin=8)
+    sources = [ImageSource("a", blob_image((128, 128), pts, 7.0, rng=rng), pts)] * 2
+    method = get_method("voca", width=4)
+    config = TrainConfig(epochs=1, samples_per_epoch=8, batch_size=4, patch=64, device="cpu")
+    train(method, sources[:1], sources[1:], config, tmp_path)
+    longer = TrainConfig(epochs=3, samples_per_epoch=8, batch_size=4, patch=64, device="cpu")
+    result = train(method, sources[:1], sources[1:], longer, tmp_path, resume=True)
+    assert [h.epoch for h in result.history] == [0, 1, 2]
+
+
+def test_train_and_evaluate_commands(tmp_path: Path, capsys) -> None:
+    rng = np.random.default_rng(6)
+    images, points = tmp_path / "images", tmp_path / "points"
+    images.mkdir()
+    points.mkdir()
+    for i in range(4):
+        pts = random_points(rng, (128, 128), 10, min_sep=25, margin=8)
+        Image.fromarray(blob_image((128, 128), pts, 7.0, rng=rng)).save(images / f"img{i}.png")
+        write_points(points / f"img{i}.csv", pts[:, ::-1], "csv")
+    code = main([
+        "train", "--method", "voca", "--param", "width=4", "--images", str(images),
+        "--points", str(points), "--out", str(tmp_path / "m"), "--epochs", "1",
+        "--samples-per-epoch", "8", "--batch-size", "4", "--patch", "64", "--device", "cpu",
+    ])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "validating on 1" in out and "best epoch 0" in out
+    code = main([
+        "evaluate", "--weights", str(tmp_path / "m" / "voca.safetensors"), "--images", str(images),
+        "--points", str(points), "--radius", "6", "--radius", "8", "--out", str(tmp_path / "e"),
+    ])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "radius 6 px" in out and "radius 8 px" in out
+    report = json.loads((tmp_path / "e" / "evaluation.json").read_text())
+    assert set(report["radii"]) == {"6.0", "8.0"} and (tmp_path / "e" / "pr.png").is_file()
+    code = main(
+        [
+            "train",
+            "--method",
+            "log",
+            "--images",
+            str(images),
+            "--points",
+            str(points),
+            "--out",
+            str(tmp_path / "x"),
+        ]
+    )
+    _, err = capsys.readouterr()
+    assert code == 1 and "nothing to train" in err

@@ -1,0 +1,161 @@
+"""Getting a dask cluster to run a cohort on: a local one sized to the machine, or an existing one.
+
+``start_client("local")`` starts worker processes on this machine: with GPUs, one worker per
+GPU (dask-cuda's ``LocalCUDACluster`` when installed; plain ``LocalCluster`` for one GPU), each
+with the worker resource ``GPU=1`` that chunk tasks ask for; without, a few workers sharing the
+cores. ``start_client("tcp://host:8786")`` connects to a running scheduler. Either way a worker
+plugin sets up each worker process once: JPEG decoding single-threaded per dask thread (more
+would oversubscribe the cores) and torch's thread count.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from distributed import WorkerPlugin
+
+from wsidet.errors import WsidetError
+
+logger = logging.getLogger(__name__)
+
+GPU_RESOURCE = "GPU"
+
+
+class ClusterError(WsidetError, RuntimeError):
+    """A cluster cannot be started or reached."""
+
+
+def available_cores() -> int:
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_layout(cores: int, workers: int | None, threads: int | None) -> tuple[int, int]:
+    """(workers, threads per worker) for CPU work: about four cores per worker process.
+
+    One process per core would load the model once per core; one process for all cores
+    serialises reading behind inference. Four threads per worker keeps both busy.
+    """
+    if workers is None:
+        workers = max(1, cores // 4) if threads is None else max(1, cores // threads)
+    if threads is None:
+        threads = max(1, cores // workers)
+    if workers < 1 or threads < 1:
+        raise ClusterError(f"workers and threads must be >= 1, got {workers}, {threads}")
+    return workers, threads
+
+
+class WorkerSetup(WorkerPlugin):
+    """Worker plugin: per-process settings applied once when a worker starts.
+
+    Parameters
+    ----------
+    torch_threads : int or None
+        ``torch.set_num_threads`` for the worker's process (None: torch's default).
+    """
+
+    name = "wsidet-worker-setup"
+
+    def __init__(self, torch_threads: int | None = None) -> None:
+        self.torch_threads = torch_threads
+
+    def setup(self, worker: Any) -> None:
+        """Called by dask on each worker (also on ones that join later)."""
+        os.environ.setdefault("TIFFSLIDE_NUM_DECODE_THREADS", "1")
+        if self.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
+
+    def teardown(self, worker: Any) -> None:
+        """Nothing to release: detectors go with the process."""
+
+
+def start_client(
+    address: str = "local",
+    *,
+    workers: int | None = None,
+    threads_per_worker: int | None = None,
+    gpus: int = 0,
+    processes: bool = True,
+) -> tuple[Any, str | None]:
+    """A ``distributed.Client`` and the resource name GPU tasks should ask for.
+
+    Parameters
+    ----------
+    address : str
+        ``"local"`` for a cluster on this machine, or a scheduler address (``tcp://…``).
+    workers, threads_per_worker : int, optional
+        Local cluster layout (default: sized to the machine; one worker per GPU with GPUs).
+    gpus : int
+        GPUs to use on a local cluster.
+    processes : bool
+        Workers as processes (the default, so a crash or a lost worker does not take the
+        driver with it) or threads.
+
+    Returns
+    -------
+    client : distributed.Client
+    gpu_resource : str or None
+        ``"GPU"`` when the workers advertise GPUs, else None.
+
+    Raises
+    ------
+    ClusterError
+        The scheduler cannot be reached, or several GPUs are asked for without dask-cuda.
+    """
+    from distributed import Client, LocalCluster
+
+    cores = available_cores()
+    if address == "local":
+        if gpus > 0:
+            threads = threads_per_worker or max(1, cores // gpus)
+            try:
+                from dask_cuda import LocalCUDACluster  # type: ignore[import-not-found]
+            except ImportError:
+                if gpus > 1:
+                    raise ClusterError(
+                        f"{gpus} GPUs on one node need dask-cuda (pip install dask-cuda) to "
+                        "give each worker its own GPU"
+                    ) from None
+                cluster: Any = LocalCluster(
+                    n_workers=1,
+                    threads_per_worker=threads,
+                    processes=processes,
+                    resources={GPU_RESOURCE: 1},
+                )
+            else:
+                cluster = LocalCUDACluster(
+                    n_workers=gpus, threads_per_worker=threads, resources={GPU_RESOURCE: 1}
+                )
+            torch_threads = threads
+        else:
+            n_workers, threads = default_layout(cores, workers, threads_per_worker)
+            cluster = LocalCluster(
+                n_workers=n_workers, threads_per_worker=threads, processes=processes
+            )
+            torch_threads = threads
+        client = Client(cluster)
+    else:
+        try:
+            client = Client(address, timeout="20s")
+        except OSError as exc:
+            raise ClusterError(f"cannot reach the dask scheduler at {address!r}: {exc}") from exc
+        torch_threads = threads_per_worker or 0
+    client.register_plugin(WorkerSetup(torch_threads or None))
+    info = client.scheduler_info().get("workers", {})
+    has_gpu = any(GPU_RESOURCE in w.get("resources", {}) for w in info.values())
+    return client, GPU_RESOURCE if has_gpu else None
+
+
+def close_client(client: Any) -> None:
+    """Close a client and, for a local cluster, the cluster it started."""
+    cluster = getattr(client, "cluster", None)
+    client.close()
+    if cluster is not None:
+        cluster.close()

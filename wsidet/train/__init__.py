@@ -1,0 +1,4 @@
+"""Training: datasets cut with the inference tiling code, augmentation, the loop, checkpoints.
+
+Importing this package imports torch.
+"""

@@ -1,0 +1,255 @@
+"""Training patches and their targets, cut from images or slides at the method's pixel size.
+
+A source is an image (PNG/TIFF, taken as being at the method's pixel size unless told
+otherwise) or a slide read exactly as inference reads it (:meth:`Slide.scale_for_mpp` and the
+same lazy readers), with its points mapped into the same working pixels. :class:`PointDataset`
+draws random patches, augments image and points together, and encodes the targets with
+``method.encode``. Every patch is determined by ``(seed, epoch, index)``, so a run is
+reproducible whatever the number of data-loading workers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from PIL import Image as PILImage
+
+from wsidet.methods.base import Method
+from wsidet.resample import resample_weights, resample_window, resampled_size
+from wsidet.slide import Scale, Slide, open_slide
+from wsidet.train.augment import Augment, dihedral
+from wsidet.train.sources import SLIDE_SUFFIXES, Annotated, read_points
+
+
+class Source(Protocol):
+    """An annotated image at the method's pixel size."""
+
+    @property
+    def key(self) -> str:
+        """Identifier of the image (for records and split files)."""
+        ...
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Size (rows, cols) in working pixels."""
+        ...
+
+    @property
+    def points_yx(self) -> npt.NDArray[np.float64]:
+        """Annotated centres in working-pixel indices, shape (n, 2)."""
+        ...
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> npt.NDArray[np.uint8]:
+        """Pixels ``[y0, y1) × [x0, x1)`` (inside the image), shape (h, w, 3)."""
+        ...
+
+
+@dataclass(frozen=True, eq=False)
+class ImageSource:
+    """An image held in memory."""
+
+    key: str
+    image: npt.NDArray[np.uint8]
+    points: npt.NDArray[np.float64]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Size (rows, cols)."""
+        return self.image.shape[0], self.image.shape[1]
+
+    @property
+    def points_yx(self) -> npt.NDArray[np.float64]:
+        """Annotated centres, shape (n, 2)."""
+        return self.points
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> npt.NDArray[np.uint8]:
+        """A window of the image."""
+        return self.image[y0:y1, x0:x1]
+
+
+@dataclass(frozen=True, eq=False)
+class SlideSource:
+    """A slide read lazily at a scale, with points in that scale's working pixels."""
+
+    key: str
+    slide: Slide
+    scale: Scale
+    points: npt.NDArray[np.float64]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Working image size."""
+        return self.scale.shape
+
+    @property
+    def points_yx(self) -> npt.NDArray[np.float64]:
+        """Annotated centres in working pixels."""
+        return self.points
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> npt.NDArray[np.uint8]:
+        """A window read through the same reader as inference."""
+        return self.slide.reader(self.scale).read(y0, y1, x0, x1)
+
+
+def level0_to_working(points_yx: npt.NDArray[np.float64], scale: Scale) -> npt.NDArray[np.float64]:
+    """Level-0 pixel indices -> working-pixel indices (the inverse of ``Scale.to_level0``)."""
+    pts = np.asarray(points_yx, np.float64).reshape(-1, 2)
+    return (pts + 0.5) / np.asarray(scale.downsample, np.float64) - 0.5
+
+
+def _read_image(path: Path) -> npt.NDArray[np.uint8]:
+    with PILImage.open(path) as im:
+        return np.array(im.convert("RGB"), np.uint8)  # a writable copy (torch wants one)
+
+
+def load_source(
+    item: Annotated,
+    method: Method,
+    *,
+    one_based: bool = False,
+    image_mpp: float | None = None,
+) -> Source:
+    """Open an annotated image or slide at ``method.mpp``.
+
+    TIFF-based files (SVS, TIFF, OME-TIFF) are read lazily through
+    :class:`~wsidet.slide.Slide` at the method's scale, exactly as inference reads them; their
+    pixel size is the file's, else ``image_mpp``, else the method's. PNG/JPEG images are loaded
+    into memory; they are taken to be at the method's pixel size unless ``image_mpp`` says
+    otherwise, in which case they are resampled as slide chunks are.
+    """
+    points = read_points(item.points, one_based=one_based)
+    if item.image.suffix.lower() in SLIDE_SUFFIXES:
+        slide = open_slide(item.image, mpp=image_mpp)
+        if slide.mpp is None:
+            slide = open_slide(item.image, mpp=method.mpp)
+        scale = slide.scale_for_mpp(method.mpp)
+        return SlideSource(item.key, slide, scale, level0_to_working(points, scale))
+    image = _read_image(item.image)
+    if image_mpp is not None and abs(method.mpp / image_mpp - 1) > 1e-6:
+        factor = method.mpp / image_mpp
+        h, w = image.shape[:2]
+        oh, ow = resampled_size(h, factor), resampled_size(w, factor)
+        _, _, wy = resample_weights(0, oh, factor, h)
+        _, _, wx = resample_weights(0, ow, factor, w)
+        image = resample_window(image, wy, wx)
+        points = (points + 0.5) / factor - 0.5
+    return ImageSource(item.key, image, points)
+
+
+class PointDataset(torch.utils.data.Dataset[tuple[torch.Tensor, dict[str, torch.Tensor]]]):
+    """Random patches of annotated sources with their encoded targets.
+
+    Parameters
+    ----------
+    sources : sequence of Source
+    method : Method
+        Encodes the targets.
+    patch : int
+        Patch edge in working pixels (sources smaller than that are reflected to fit).
+    samples : int
+        Patches per epoch.
+    augment : Augment, optional
+        None for no augmentation.
+    seed : int
+
+    Notes
+    -----
+    Items are ``(image, targets)``: image float32 in [0, 1] of shape (3, patch, patch), targets a
+    dict of float32 tensors of shape (C, patch, patch). Sources are drawn in proportion to their
+    area.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        method: Method,
+        *,
+        patch: int = 128,
+        samples: int = 512,
+        augment: Augment | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not sources:
+            raise ValueError("PointDataset needs at least one source")
+        if patch < 8 or samples < 1:
+            raise ValueError(f"patch must be >= 8 and samples >= 1, got {patch}, {samples}")
+        self.sources = list(sources)
+        self.method = method
+        self.patch = patch
+        self.samples = samples
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        areas = np.array([s.shape[0] * s.shape[1] for s in self.sources], np.float64)
+        self._weights = areas / areas.sum()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw a new set of patches (call before each epoch)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        source = self.sources[int(rng.choice(len(self.sources), p=self._weights))]
+        image, points = self._cut(source, rng)
+        if self.augment is not None:
+            if self.augment.flips:
+                image, points = dihedral(image, points, int(rng.integers(8)))
+            image = self.augment.colour(image, rng)
+        targets = self.method.encode(points, (self.patch, self.patch))
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+        return tensor, {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in targets.items()}
+
+    def _cut(
+        self, source: Source, rng: np.random.Generator
+    ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float64]]:
+        """A random patch (scale-jittered if asked) and the points near it, in patch pixels."""
+        scale = 1.0
+        if self.augment is not None and self.augment.scale > 0:
+            scale = float(rng.uniform(1 - self.augment.scale, 1 + self.augment.scale))
+        size = math.ceil(self.patch * scale)
+        h, w = source.shape
+        y0 = int(rng.integers(0, max(1, h - size + 1)))
+        x0 = int(rng.integers(0, max(1, w - size + 1)))
+        window = source.read(y0, min(h, y0 + size), x0, min(w, x0 + size))
+        if window.shape[0] < size or window.shape[1] < size:
+            pad = ((0, size - window.shape[0]), (0, size - window.shape[1]), (0, 0))
+            window = np.pad(window, pad, mode="symmetric")
+        points = source.points_yx - np.array([y0, x0], np.float64)
+        if scale != 1.0:
+            _, _, wy = resample_weights(0, self.patch, scale, size)
+            _, _, wx = resample_weights(0, self.patch, scale, size)
+            window = resample_window(window, wy, wx)
+            points = (points + 0.5) / scale - 0.5
+        window = window[: self.patch, : self.patch]
+        # Keep points whose influence can reach the patch (targets reach tens of pixels).
+        margin = 64
+        near = np.all((points > -margin) & (points < self.patch + margin), axis=1)
+        return window, points[near]
+
+
+def collate(
+    batch: Sequence[tuple[torch.Tensor, dict[str, torch.Tensor]]],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Stack images and each target into batches."""
+    images = torch.stack([b[0] for b in batch])
+    keys = batch[0][1].keys()
+    return images, {k: torch.stack([b[1][k] for b in batch]) for k in keys}
+
+
+def describe(sources: Sequence[Source]) -> dict[str, Any]:
+    """A JSON-able record of what a model was trained on."""
+    return {
+        "sources": [s.key for s in sources],
+        "points": int(sum(len(s.points_yx) for s in sources)),
+        "pixels": int(sum(s.shape[0] * s.shape[1] for s in sources)),
+    }

@@ -1,0 +1,310 @@
+"""The training loop: patches in, a validated checkpoint out.
+
+Each epoch draws fresh random patches (:class:`~wsidet.train.dataset.PointDataset`), takes
+optimiser steps on the method's loss (AMP on CUDA), then runs the current network over the
+whole validation images, chooses the decoding threshold with the best F1 there and keeps the
+weights if that F1 improved. Training stops after ``epochs``, after ``patience`` epochs without
+improvement, or when the time budget is spent. The best weights carry their threshold; a
+resumable state is written after every epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wsidet.engine import Detector, resolve_device
+from wsidet.evaluate import choose_threshold, predict, write_pr_curve
+from wsidet.methods.base import Method
+from wsidet.train.augment import Augment
+from wsidet.train.checkpoint import save_record, save_weights
+from wsidet.train.dataset import PointDataset, Source, collate, describe
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train.
+
+    Attributes
+    ----------
+    epochs : int
+        Upper bound on epochs.
+    samples_per_epoch : int
+        Random patches per epoch.
+    batch_size : int
+    patch : int
+        Patch edge (rounded up to the method's stride).
+    lr, weight_decay : float
+    optimizer : str
+        ``"adamw"`` or ``"sgd"`` (Nesterov momentum 0.9, as MicroNet's paper).
+    patience : int
+        Stop after this many validations without a better F1.
+    seed : int
+    device : str, optional
+    amp : bool, optional
+        Mixed precision; default on CUDA.
+    augment : Augment
+    radius : float
+        Matching radius for validation F1 (pixels at the method's scale).
+    max_minutes : float, optional
+        Stop (after the current epoch) once this much time has passed.
+    select_on : str
+        What "better on validation" means: ``"f1"`` (detection, the default) or ``"count"``
+        (lower mean absolute count error, for counting with FCRN's density integral).
+    """
+
+    epochs: int = 100
+    samples_per_epoch: int = 512
+    batch_size: int = 8
+    patch: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    patience: int = 15
+    seed: int = 0
+    device: str | None = None
+    amp: bool | None = None
+    augment: Augment = field(default_factory=Augment)
+    radius: float = 6.0
+    max_minutes: float | None = None
+    select_on: str = "f1"
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in {"adamw", "sgd"}:
+            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if self.select_on not in {"f1", "count"}:
+            raise ValueError(f"select_on must be 'f1' or 'count', got {self.select_on!r}")
+        if min(self.epochs, self.samples_per_epoch, self.batch_size, self.patience) < 1:
+            raise ValueError("epochs, samples_per_epoch, batch_size and patience must be >= 1")
+
+
+@dataclass(frozen=True)
+class EpochLog:
+    """What happened in one epoch."""
+
+    epoch: int
+    loss: float
+    val_f1: float
+    val_precision: float
+    val_recall: float
+    val_count_mae: float
+    threshold: float
+    seconds: float
+    improved: bool
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The outcome of a training run."""
+
+    method: Method
+    weights: Path
+    record: Path
+    best_epoch: int
+    best_score: float
+    history: list[EpochLog]
+
+
+def _seed_everything(seed: int) -> None:
+    # Patches draw from their own (seed, epoch, index) generators; this covers weight
+    # initialisation and anything else that uses the global generators.
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(
+    method: Method,
+    train_sources: Sequence[Source],
+    val_sources: Sequence[Source],
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    on_epoch: Callable[[EpochLog], None] | None = None,
+    data_record: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train ``method`` and write its best checkpoint to ``out_dir``.
+
+    Parameters
+    ----------
+    method : Method
+        A trainable method (its parameters define the network and the targets).
+    train_sources, val_sources : sequence of Source
+        Training and validation images (validation is used for early stopping and to choose
+        the decoding threshold; never for gradients).
+    config : TrainConfig
+    out_dir : path
+        Receives ``NAME.safetensors`` (best weights), ``NAME.json`` (record),
+        ``NAME-pr.png`` (validation precision-recall curve), ``state.pt`` (for resuming).
+    resume : bool
+        Continue from ``out_dir/state.pt``.
+    on_epoch : callable, optional
+        Called with each epoch's :class:`EpochLog`.
+    data_record : dict, optional
+        Extra description of the data, stored in the record.
+
+    Returns
+    -------
+    TrainResult
+    """
+    if not method.trainable:
+        raise ValueError(f"method {method.name!r} has nothing to train")
+    if not val_sources:
+        raise ValueError("training needs validation images (early stopping, threshold choice)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    amp = (device.type == "cuda") if config.amp is None else config.amp
+    _seed_everything(config.seed)
+    network = method.build_network().to(device)
+    patch = math.ceil(config.patch / method.stride) * method.stride
+    dataset = PointDataset(
+        train_sources,
+        method,
+        patch=patch,
+        samples=config.samples_per_epoch,
+        augment=config.augment,
+        seed=config.seed,
+    )
+    params = [p for p in network.parameters() if p.requires_grad]
+    optimizer: torch.optim.Optimizer
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(
+            params, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
+        )
+    else:
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=config.epochs, eta_min=config.lr / 50
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    weights_path = out / f"{method.name}.safetensors"
+    state_path = out / "state.pt"
+    history: list[EpochLog] = []
+    best_score, best_epoch, best_method = -float("inf"), -1, method
+    start_epoch = 0
+    if resume and state_path.is_file():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        network.load_state_dict(state["network"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch = int(state["epoch"]) + 1
+        best_score, best_epoch = float(state["best_score"]), int(state["best_epoch"])
+        best_method = method.replace(**{method.threshold_param: float(state["best_threshold"])})
+        history = [EpochLog(**h) for h in state["history"]]
+        logger.info("resuming at epoch %d (best F1 %.4f)", start_epoch, best_score)
+    started = time.perf_counter()
+    stale = 0  # validations since the best
+    if history:
+        stale = len(history) - 1 - max(i for i, h in enumerate(history) if h.improved)
+    for epoch in range(start_epoch, config.epochs):
+        epoch_start = time.perf_counter()
+        network.train()
+        dataset.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=config.batch_size, shuffle=False, collate_fn=collate
+        )
+        losses = []
+        for images, targets in loader:
+            images = images.to(device, non_blocking=True)
+            targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+                outputs = network(images)
+            loss = method.loss({k: v.float() for k, v in outputs.items()}, targets)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}")
+            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+            scaler.step(optimizer)
+            scaler.update()
+            losses.append(float(loss.detach()))
+        scheduler.step()
+        # Validation on whole images: choose the threshold, keep the best weights.
+        detector = Detector(method, network=network, device=str(device), amp=amp)
+        predictions = predict(detector, val_sources)
+        threshold, curve = choose_threshold(method, predictions, radius=config.radius)
+        best_here = max(curve, key=lambda e: e.scores.f1)
+        # The selection score: F1, or minus the count error (higher is better either way).
+        score = best_here.scores.f1 if config.select_on == "f1" else -best_here.count_mae
+        improved = score > best_score
+        if improved:
+            best_score, best_epoch, stale = score, epoch, 0
+            best_method = method.replace(**{method.threshold_param: threshold})
+            save_weights(network, best_method, weights_path)
+            write_pr_curve({f"{method.name} (validation)": curve}, out / f"{method.name}-pr.png")
+        else:
+            stale += 1
+        log = EpochLog(
+            epoch=epoch,
+            loss=float(np.mean(losses)) if losses else float("nan"),
+            val_f1=best_here.scores.f1,
+            val_precision=best_here.scores.precision,
+            val_recall=best_here.scores.recall,
+            val_count_mae=best_here.count_mae,
+            threshold=threshold,
+            seconds=time.perf_counter() - epoch_start,
+            improved=improved,
+        )
+        history.append(log)
+        if on_epoch is not None:
+            on_epoch(log)
+        torch.save(
+            {
+                "network": network.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+                "best_score": best_score,
+                "best_epoch": best_epoch,
+                "best_threshold": float(getattr(best_method, method.threshold_param)),
+                "history": [dataclasses.asdict(h) for h in history],
+            },
+            state_path,
+        )
+        elapsed = (time.perf_counter() - started) / 60
+        if stale >= config.patience:
+            logger.info("stopping: %d epochs without a better validation F1", stale)
+            break
+        if config.max_minutes is not None and elapsed >= config.max_minutes:
+            logger.info("stopping: time budget of %.0f minutes spent", config.max_minutes)
+            break
+    record = save_record(
+        {
+            "method": best_method.name,
+            "params": best_method.params(),
+            "mpp": best_method.mpp,
+            "normalisation": "RGB / 255; method-specific normalisation inside the network",
+            "threshold": {
+                best_method.threshold_param: getattr(best_method, best_method.threshold_param)
+            },
+            "best_epoch": best_epoch,
+            "validation": {
+                ("f1" if config.select_on == "f1" else "minus_count_mae"): best_score,
+                "radius": config.radius,
+            },
+            "train": dataclasses.asdict(config),
+            "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "minutes": (time.perf_counter() - started) / 60,
+            "data": {
+                "train": describe(train_sources),
+                "validation": describe(val_sources),
+                **(data_record or {}),
+            },
+            "history": [dataclasses.asdict(h) for h in history],
+        },
+        out / f"{method.name}.json",
+    )
+    return TrainResult(best_method, weights_path, record, best_epoch, best_score, history)

@@ -1,0 +1,111 @@
+"""Trained weights shipped with wsidet, so that a new user gets detections without training.
+
+Each method with bundled weights has ``NAME.safetensors`` (tensors, with the method's parameters
+in the header) and ``NAME.json`` (how they were made) in this folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from wsidet.errors import WeightsError
+from wsidet.methods import DEFAULT_METHOD, get_method, method_class
+from wsidet.methods.base import Method
+
+
+def bundled_weights(method: str) -> Path | None:
+    """Path of the bundled weights of ``method``, or None if none ship."""
+    path = Path(str(resources.files(__name__))) / f"{method}.safetensors"
+    return path if path.is_file() else None
+
+
+def bundled_methods() -> list[str]:
+    """Methods with bundled weights."""
+    folder = Path(str(resources.files(__name__)))
+    return sorted(p.stem for p in folder.glob("*.safetensors"))
+
+
+def weights_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The string metadata in a safetensors header (empty for other files)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except Exception:
+        return {}
+
+
+def method_from_weights(
+    path: str | os.PathLike[str], name: str | None = None, **overrides: Any
+) -> Method:
+    """The method a weights file was trained as, with optional parameter overrides.
+
+    Parameters
+    ----------
+    path : path
+        A safetensors file written by :func:`save_weights`.
+    name : str, optional
+        The method the caller asked for; must match the file's if the file names one.
+    **overrides
+        Parameters to change (decoding parameters such as a threshold; others must match the
+        weights).
+
+    Raises
+    ------
+    WeightsError
+        The file names another method, or names none and ``name`` is not given.
+    """
+    if not os.path.isfile(path):
+        raise WeightsError(f"weights file not found: {os.fspath(path)!r}")
+    meta = weights_metadata(path)
+    owner = meta.get("wsidet.method")
+    if owner is None:
+        if name is None:
+            raise WeightsError(
+                f"weights {os.fspath(path)!r} do not name their method; pass one (--method)"
+            )
+        return get_method(name, **overrides)
+    if name is not None and name != owner:
+        raise WeightsError(
+            f"weights {os.fspath(path)!r} were trained for method {owner!r}, not {name!r}"
+        )
+    params = json.loads(meta.get("wsidet.params", "{}"))
+    return get_method(owner, **{**params, **overrides})
+
+
+def resolve_method(
+    name: str | None = None, weights: str | os.PathLike[str] | None = None, **params: Any
+) -> tuple[Method, Path | None]:
+    """The method to run and its weights, from what a user named.
+
+    * weights given: the method they were trained as (``name``, if given, must agree), with
+      ``params`` overriding decoding parameters;
+    * a trainable method without weights: its bundled weights, if wsidet ships some;
+    * otherwise the method with default parameters and no weights (a trainable method then
+      fails when a detector is built, asking for weights).
+
+    Parameters
+    ----------
+    name : str, optional
+        Method name (default :data:`~wsidet.methods.DEFAULT_METHOD`).
+    weights : path, optional
+    **params
+        Parameter overrides.
+
+    Returns
+    -------
+    (Method, Path or None)
+    """
+    if weights is not None:
+        return method_from_weights(weights, name, **params), Path(weights)
+    name = name or DEFAULT_METHOD
+    if method_class(name).trainable:
+        bundled = bundled_weights(name)
+        if bundled is not None:
+            return method_from_weights(bundled, name, **params), bundled
+    return get_method(name, **params), None
