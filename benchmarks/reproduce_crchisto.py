@@ -34,10 +34,10 @@ RESULTS = ROOT / "benchmarks" / "results" / "crchisto.json"
 PLAN: dict[str, dict[str, Any]] = {
     "voca": {"params": {"width": 32}, "minutes": 50, "samples": 2048, "lr": 1e-3},
     "mapde": {"params": {"width": 16}, "minutes": 30, "samples": 1024, "lr": 1e-3},
-    "micronet": {"params": {"width": 16}, "minutes": 30, "samples": 1024, "lr": 1e-3},
-    "fcrn_a": {"params": {}, "minutes": 30, "samples": 1024, "lr": 1e-3},
-    "proximity": {"params": {}, "minutes": 30, "samples": 512, "lr": 5e-4},
-    "fcrn_b": {"params": {}, "minutes": 30, "samples": 256, "lr": 1e-3},
+    "micronet": {"params": {"width": 16}, "minutes": 25, "samples": 1024, "lr": 1e-3},
+    "fcrn_a": {"params": {}, "minutes": 25, "samples": 1024, "lr": 1e-3},
+    "proximity": {"params": {}, "minutes": 25, "samples": 512, "lr": 5e-4},
+    "fcrn_b": {"params": {}, "minutes": 20, "samples": 256, "lr": 1e-3},
     "log": {"params": {}, "minutes": 0},
 }
 PUBLISHED = {

@@ -84,6 +84,8 @@ RANDOM_WEIGHT_PARAMS = {
     "fcrn_a": {"threshold": 0.0},
     "fcrn_b": {"threshold": 0.0},
     "voca": {"threshold": 0.0},
+    "proximity": {"threshold": 0.0},  # untrained outputs start near 0.02 (prior initialisation)
+    "micronet": {"xi": 0.0},
 }
 
 

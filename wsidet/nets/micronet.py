@@ -88,6 +88,12 @@ class MicroNet(nn.Module):
         )
         reach = reach.union(*context_reach).conv(3)
         self.receptive_radius = reach.pixels
+        # Start the output near a typical target (scale · 0.02), not at scale / 2: from the
+        # middle, the background error drives the sigmoid into saturation before nuclei are
+        # learnt (as for the proximity patches).
+        last = self.head[-1]
+        if isinstance(last, nn.Conv2d) and last.bias is not None:
+            nn.init.constant_(last.bias, -4.0)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """RGB (N, 3, H, W) -> ``{"proximity": (N, 1, H, W)}``."""

@@ -74,6 +74,11 @@ class ProximityPatchCNN(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.centre_offset = centre_offset(scan_stride)
         self.receptive_radius = HALF_IN + HALF_OUT
+        # Start every output at a typical proximity (~0.02, not sigmoid(0) = 0.5): from 0.5 the
+        # background error drives all logits far below zero, where the sigmoid's gradient
+        # vanishes and nuclei are never learnt (the network collapses to predicting 0).
+        if self.fc3.bias is not None:
+            nn.init.constant_(self.fc3.bias, -4.0)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Dense conv features: (N, 3, H, W) -> (N, 32, H - 20, W - 20)."""
