@@ -27,12 +27,10 @@ def peak_rss_mb() -> float:
 
 
 def main() -> None:
-    from distributed import Client, LocalCluster
-
     sys.path.insert(0, str(HERE))
     from make_synthetic_slide import build
 
-    from wsidet.cluster import WorkerSetup, available_cores
+    from wsidet.cluster import available_cores, close_client, start_client
     from wsidet.cohort import run_cohort
     from wsidet.pyramid import write_pyramid
     from wsidet.weights import resolve_method
@@ -60,13 +58,9 @@ def main() -> None:
         runs = []
         for n in map(int, args.workers.split(",")):
             threads = max(1, cores // n)
-            with (
-                LocalCluster(
-                    n_workers=n, threads_per_worker=threads, processes=True, dashboard_address=":0"
-                ) as cluster,
-                Client(cluster) as client,
-            ):
-                client.register_plugin(WorkerSetup(threads))
+            # The CLI's own local cluster (worker environment included).
+            client, _ = start_client("local", workers=n, threads_per_worker=threads)
+            try:
                 started = time.perf_counter()
                 summary = run_cohort(
                     [folder],
@@ -79,6 +73,8 @@ def main() -> None:
                 )
                 seconds = time.perf_counter() - started
                 rss = sorted(client.run(peak_rss_mb).values())
+            finally:
+                close_client(client)
             runs.append(
                 {
                     "workers": n,
