@@ -127,6 +127,14 @@ def test_resume_skips_finished_slides_and_retries_failed_ones(cohort, reference,
     out = tmp_path / "out"
     summary = run_cohort([first], out, method=METHOD, **OPTIONS)
     assert (summary.done, summary.failed) == (1, 1)
+    # In this process too, chunk progress counts over the cohort and never goes back.
+    chunks: list[tuple[int, int]] = []
+    run_cohort(
+        [cohort / "s1.tif", cohort / "s2.tif"], tmp_path / "progress", method=METHOD,
+        progress=CohortProgress(on_chunks=lambda d, t: chunks.append((d, t))), **OPTIONS,
+    )  # fmt: skip
+    assert chunks[-1] == (12, 12)
+    assert all(b[0] >= a[0] for a, b in zip(chunks, chunks[1:], strict=False))
     stamp = (out / "s0.parquet").stat().st_mtime_ns
     # The broken slide is repaired and another one added; s0 must not be recomputed.
     shutil.copy(cohort / "s1.tif", first / "broken.tif")
@@ -194,3 +202,22 @@ def test_cli_runs_a_folder_on_a_local_cluster(cohort, reference, tmp_path, capsy
     assert_outputs_match(tmp_path, reference)
     manifest = pd.read_parquet(tmp_path / "manifest.parquet")
     assert sorted(manifest["slide_id"]) == ["broken", "s0", "s1", "s2"]
+
+
+def test_local_workers_start_with_the_right_environment() -> None:
+    """Threads and heap settings reach worker processes (see wsidet.cluster)."""
+    from wsidet.cluster import close_client, default_layout, start_client
+
+    client, gpu = start_client("local", workers=1, threads_per_worker=2)
+    try:
+        env = next(iter(client.run(lambda: dict(os.environ)).values()))
+        threads = next(iter(client.run(lambda: __import__("torch").get_num_threads()).values()))
+    finally:
+        close_client(client)
+    assert gpu is None
+    assert env["OMP_NUM_THREADS"] == "2" and threads == 2
+    assert env["MALLOC_MMAP_THRESHOLD_"] == env["MALLOC_TRIM_THRESHOLD_"] == str(2**28)
+    assert env["TIFFSLIDE_NUM_DECODE_THREADS"] == "1"
+    assert default_layout(16, None, None) == (4, 4)
+    assert default_layout(2, None, None) == (1, 2)
+    assert default_layout(8, 2, None) == (2, 4)

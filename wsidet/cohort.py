@@ -402,13 +402,22 @@ def _run_local(
     progress: CohortProgress,
 ) -> None:
     """Slides one after another in this process, chunks on dask's thread pool."""
+    counts = {"earlier": 0, "this": 0}  # chunks: progress counts over the whole cohort
+
+    def count(done: int, total: int) -> None:
+        counts["this"] = total
+        if progress.on_chunks is not None:
+            progress.on_chunks(counts["earlier"] + done, counts["earlier"] + total)
+
     for path in todo:
         started = time.perf_counter()
+        counts["this"] = 0
         try:
-            frame = detect_slide(path, method, progress=progress.on_chunks, **options)
+            frame = detect_slide(path, method, progress=count, **options)
         except Exception as exc:  # one bad slide must not stop the others
             failed(path, exc, time.perf_counter() - started)
             continue
+        counts["earlier"] += counts["this"]
         done(frame, time.perf_counter() - started)
 
 
@@ -428,7 +437,7 @@ def _run_distributed(
     """Plan slides on workers, then run their chunks as plain tasks; a window of slides at once."""
     from distributed import as_completed
 
-    workers = max(1, len(client.scheduler_info().get("workers", {})))
+    workers = max(1, len(client.nthreads()))
     window = max_in_flight or max(2, 2 * workers)
     queue = list(todo)
     futures = as_completed()
