@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -134,7 +135,7 @@ def test_resume_skips_finished_slides_and_retries_failed_ones(cohort, reference,
         progress=CohortProgress(on_chunks=lambda d, t: chunks.append((d, t))), **OPTIONS,
     )  # fmt: skip
     assert chunks[-1] == (12, 12)
-    assert all(b[0] >= a[0] for a, b in zip(chunks, chunks[1:], strict=False))
+    assert all(b[0] >= a[0] for a, b in itertools.pairwise(chunks))
     stamp = (out / "s0.parquet").stat().st_mtime_ns
     # The broken slide is repaired and another one added; s0 must not be recomputed.
     shutil.copy(cohort / "s1.tif", first / "broken.tif")
