@@ -297,7 +297,8 @@ def train(
             "train": dataclasses.asdict(config),
             "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "minutes": (time.perf_counter() - started) / 60,
+            # Summed over epochs so that a resumed run records its whole training time.
+            "minutes": sum(h.seconds for h in history) / 60,
             "data": {
                 "train": describe(train_sources),
                 "validation": describe(val_sources),
