@@ -57,6 +57,18 @@ def add_parsers(sub: Any) -> None:
     )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--resume", action="store_true")
+    train.add_argument(
+        "--init",
+        metavar="WEIGHTS",
+        help="start from these weights (fine-tuning); 'bundled' for the ones wsidet ships",
+    )
+    train.add_argument("--hed-jitter", type=float, default=0.05, help="stain jitter amplitude")
+    train.add_argument(
+        "--intensity-jitter", type=float, default=0.1, help="brightness/contrast amplitude"
+    )
+    train.add_argument(
+        "--scale-jitter", type=float, default=0.0, help="patches resized by U(1 ± this)"
+    )
     train.add_argument("-q", "--quiet", action="store_true")
 
     evaluate = sub.add_parser("evaluate", help="score weights against annotated images")
@@ -86,12 +98,23 @@ def _pairs(args: argparse.Namespace) -> list[Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from wsidet.errors import WeightsError
     from wsidet.methods import get_method
     from wsidet.train.augment import Augment
     from wsidet.train.dataset import load_source
     from wsidet.train.loop import TrainConfig, train
+    from wsidet.weights import bundled_weights, method_from_weights
 
-    method = get_method(args.method, **parse_params(args.param))
+    init = args.init
+    if init == "bundled":
+        init = bundled_weights(args.method)
+        if init is None:
+            raise WeightsError(f"wsidet ships no weights for method {args.method!r}")
+    if init is not None:
+        # The network is fixed by the weights; --param may change decoding only.
+        method = method_from_weights(init, args.method, **parse_params(args.param))
+    else:
+        method = get_method(args.method, **parse_params(args.param))
     pairs = _pairs(args)
     if len(pairs) < 2:
         raise ValueError(f"need at least 2 annotated images (one for validation), got {len(pairs)}")
@@ -110,7 +133,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         patience=args.patience,
         seed=args.seed,
         device=args.device,
-        augment=Augment(),
+        augment=Augment(
+            hed=args.hed_jitter, intensity=args.intensity_jitter, scale=args.scale_jitter
+        ),
         radius=args.radius,
         max_minutes=args.minutes,
         select_on=args.select_on,
@@ -137,6 +162,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config,
         args.out,
         resume=args.resume,
+        init_weights=init,
         on_epoch=show,
         data_record={
             "images": str(args.images),

@@ -178,6 +178,8 @@ def test_small_slide_and_formats(tmp_path, capsys) -> None:
             "--format",
             "geojson.gz",
             "-q",
+            "--method",
+            "log",
             "--param",
             "threshold=0.25",
         ],

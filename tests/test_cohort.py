@@ -194,7 +194,10 @@ def test_cli_runs_a_folder_on_a_local_cluster(cohort, reference, tmp_path, capsy
     from wsidet.cli.main import main
 
     code = main(
-        ["run", str(cohort), "--out", str(tmp_path), "--workers", "2", "--chunk", "256", "-q"]
+        [
+            *("run", str(cohort), "--out", str(tmp_path), "--method", "log"),
+            *("--workers", "2", "--chunk", "256", "-q"),
+        ]
     )
     out, err = capsys.readouterr()
     assert code == 1  # one slide failed

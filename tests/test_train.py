@@ -13,6 +13,8 @@ from wsidet.cli.main import main
 
 from tests.conftest import make_blob_slide
 from tests.synthetic import blob_image, random_points
+from wsidet.engine import weights_hash
+from wsidet.errors import WeightsError
 from wsidet.evaluate import Predictions, choose_threshold, evaluate_predictions
 from wsidet.io import read_detections
 from wsidet.methods import get_method
@@ -201,8 +203,6 @@ def test_checkpoints_carry_their_method(tmp_path: Path) -> None:
     path = save_weights(method.build_network(), method, tmp_path / "v.safetensors")
     assert method_from_weights(path) == method
     assert method_from_weights(path, "voca", threshold=0.5).threshold == 0.5  # type: ignore[attr-defined]
-    from wsidet.errors import WeightsError
-
     with pytest.raises(WeightsError, match="trained for method 'voca'"):
         method_from_weights(path, "mapde")
     resolved, weights = resolve_method(None, path)
@@ -260,6 +260,35 @@ def test_training_resumes_from_its_state(tmp_path: Path) -> None:
     longer = TrainConfig(epochs=3, samples_per_epoch=8, batch_size=4, patch=64, device="cpu")
     result = train(method, sources[:1], sources[1:], longer, tmp_path, resume=True)
     assert [h.epoch for h in result.history] == [0, 1, 2]
+
+
+def test_fine_tuning_starts_from_the_given_weights(tmp_path: Path, capsys) -> None:
+    rng = np.random.default_rng(7)
+    pts = random_points(rng, (128, 128), 10, min_sep=25, margin=8)
+    sources = [ImageSource("a", blob_image((128, 128), pts, 7.0, rng=rng), pts)] * 2
+    method = get_method("voca", width=4)
+    torch.manual_seed(3)
+    start = save_weights(method.build_network(), method, tmp_path / "start.safetensors")
+    # lr 0: the parameters cannot move, so the result is exactly where training started
+    # (and not the seed's fresh initialisation).
+    config = TrainConfig(epochs=1, samples_per_epoch=8, batch_size=4, patch=64, lr=0.0)
+    result = train(method, sources[:1], sources[1:], config, tmp_path / "ft", init_weights=start)
+    from safetensors.torch import load_file
+
+    before, after = load_file(str(start)), load_file(str(result.weights))
+    names = [n for n, _ in method.build_network().named_parameters()]
+    assert names and all(torch.equal(before[n], after[n]) for n in names)
+    record = json.loads((tmp_path / "ft" / "voca.json").read_text())
+    assert record["init_weights"]["hash"] == weights_hash(start)
+    with pytest.raises(WeightsError, match="do not match method"):
+        train(get_method("voca", width=8), sources[:1], sources[1:], config, tmp_path / "x",
+              init_weights=start)  # fmt: skip
+    code = main([
+        "train", "--method", "mapde", "--init", "bundled", "--images", str(tmp_path),
+        "--points", str(tmp_path), "--out", str(tmp_path / "m"),
+    ])  # fmt: skip
+    _, err = capsys.readouterr()
+    assert code != 0 and "ships no weights for method 'mapde'" in err
 
 
 def test_train_and_evaluate_commands(tmp_path: Path, capsys) -> None:

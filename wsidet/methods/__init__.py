@@ -18,8 +18,9 @@ from wsidet.methods.base import Method
 
 _REGISTRY: dict[str, type[Method]] = {}
 
-#: The method ``wsidet run`` uses when none is named.
-DEFAULT_METHOD = "log"
+#: The method ``wsidet run`` uses when none is named; its trained weights ship in
+#: :mod:`wsidet.weights` (made as ``wsidet/weights/voca.json`` records).
+DEFAULT_METHOD = "voca"
 
 M = TypeVar("M", bound=type[Method])
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from wsidet.engine import Detector, resolve_device
+from wsidet.engine import Detector, load_weights, resolve_device, weights_hash
 from wsidet.evaluate import choose_threshold, predict, write_pr_curve
 from wsidet.methods.base import Method
 from wsidet.train.augment import Augment
@@ -132,6 +132,7 @@ def train(
     out_dir: str | Path,
     *,
     resume: bool = False,
+    init_weights: str | Path | None = None,
     on_epoch: Callable[[EpochLog], None] | None = None,
     data_record: dict[str, Any] | None = None,
 ) -> TrainResult:
@@ -150,6 +151,9 @@ def train(
         ``NAME-pr.png`` (validation precision-recall curve), ``state.pt`` (for resuming).
     resume : bool
         Continue from ``out_dir/state.pt``.
+    init_weights : path, optional
+        Start from these weights instead of a fresh initialisation (fine-tuning); they must
+        belong to ``method`` (same network parameters).
     on_epoch : callable, optional
         Called with each epoch's :class:`EpochLog`.
     data_record : dict, optional
@@ -168,7 +172,10 @@ def train(
     device = resolve_device(config.device)
     amp = (device.type == "cuda") if config.amp is None else config.amp
     _seed_everything(config.seed)
-    network = method.build_network().to(device)
+    network = method.build_network()
+    if init_weights is not None:
+        load_weights(network, init_weights, method)
+    network = network.to(device)
     patch = math.ceil(config.patch / method.stride) * method.stride
     dataset = PointDataset(
         train_sources,
@@ -295,6 +302,11 @@ def train(
                 "radius": config.radius,
             },
             "train": dataclasses.asdict(config),
+            "init_weights": (
+                None
+                if init_weights is None
+                else {"path": str(init_weights), "hash": weights_hash(init_weights)}
+            ),
             "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             # Summed over epochs so that a resumed run records its whole training time.

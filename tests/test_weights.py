@@ -1,0 +1,42 @@
+"""The weights that ship in the package: present for the default, loadable, small, documented."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from wsidet.engine import Detector
+from wsidet.methods import DEFAULT_METHOD, method_class
+from wsidet.weights import bundled_methods, bundled_weights, resolve_method
+
+PACKAGE = Path(__file__).resolve().parent.parent / "wsidet" / "weights"
+
+
+def test_the_default_runs_without_a_weights_argument() -> None:
+    method, weights = resolve_method()
+    assert method.name == DEFAULT_METHOD
+    if method_class(DEFAULT_METHOD).trainable:
+        assert weights == bundled_weights(DEFAULT_METHOD)
+
+
+def test_bundled_weights_stay_small() -> None:
+    total = sum(p.stat().st_size for p in PACKAGE.glob("*.safetensors"))
+    assert total <= 20 * 2**20
+
+
+@pytest.mark.parametrize("name", bundled_methods())
+def test_bundled_weights_load_and_say_how_they_were_made(name: str) -> None:
+    method, weights = resolve_method(name)
+    assert weights is not None
+    # Strict loading: every tensor the network needs is in the file, and nothing else.
+    detector = Detector(method, weights=weights, device="cpu")
+    assert detector.method == method
+    record = json.loads(weights.with_suffix(".json").read_text())
+    assert record["method"] == name and record["params"] == method.params()
+    for key in ("git_commit", "torch_version", "train", "data", "device_name", "minutes"):
+        assert record[key] not in (None, "", {})
+    assert record["made_with"]["command"].startswith("wsidet train")
+    assert "research" in record["made_with"]["data_terms"]
+    assert record["threshold"] == {method.threshold_param: getattr(method, method.threshold_param)}
