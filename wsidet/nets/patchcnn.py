@@ -81,12 +81,13 @@ class ProximityPatchCNN(nn.Module):
         # patches before learning anything, longer than a CPU budget on CRCHisto.
         for layer in (self.conv1, self.conv2, self.conv3, self.fc1, self.fc2):
             nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-            nn.init.zeros_(layer.bias)
         # Start every output at a typical proximity (~0.02, not sigmoid(0) = 0.5): from 0.5 the
         # background error drives all logits far below zero, where the sigmoid's gradient
         # vanishes and nuclei are never learnt (the network collapses to predicting 0).
         nn.init.normal_(self.fc3.weight, std=1e-3)
-        nn.init.constant_(self.fc3.bias, -4.0)
+        for layer in (self.conv1, self.conv2, self.conv3, self.fc1, self.fc2, self.fc3):
+            if layer.bias is not None:
+                nn.init.constant_(layer.bias, -4.0 if layer is self.fc3 else 0.0)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Dense conv features: (N, 3, H, W) -> (N, 32, H - 20, W - 20)."""
