@@ -108,3 +108,32 @@ def test_masked_neighbours_give_finite_points() -> None:
     score[4, 6] = float("-inf")
     pts, _ = local_maxima(score, min_distance=2, threshold=0.0)
     assert torch.isfinite(pts).all() and pts.tolist()[0][0] == 4.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**16), extent=st.integers(1, 4), m=st.integers(1, 4))
+def test_region_centroids_read_only_their_support(seed, extent, m) -> None:
+    """A point of region_centroids is decided by the map within centroid_support of it.
+
+    Sparse random maps with many ties make small regions, large components (decoded by peaks)
+    and plateaus next to each other.
+    """
+    from wsidet.deconv import centroid_support, region_centroids
+
+    rng = np.random.default_rng(seed)
+    score = rng.integers(0, 3, (64, 64)) * (rng.random((64, 64)) < 0.45)
+    score = torch.from_numpy(score.astype(np.float64))
+    r = centroid_support(extent, m)
+    full, _ = region_centroids(score, 0.5, max_extent=extent, min_distance=m)
+    # Points at least r inside the crop's edge must be those of the whole map.
+    inner = (slice(2, 62), slice(2, 62))
+    part, _ = region_centroids(score[inner], 0.5, max_extent=extent, min_distance=m)
+    part = part.numpy() + 2
+
+    def inside(p: np.ndarray) -> np.ndarray:
+        pix = np.floor(p + 0.5)
+        lo, hi = 2 + r, 62 - r
+        keep = (pix >= lo).all(axis=1) & (pix < hi).all(axis=1)
+        return np.array(sorted(map(tuple, p[keep])))
+
+    np.testing.assert_allclose(inside(part), inside(full.numpy()), atol=1e-5)

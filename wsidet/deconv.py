@@ -62,8 +62,20 @@ def _window3(x: torch.Tensor, fill: float, reduce: str) -> torch.Tensor:
 
 
 def region_support(max_extent: int) -> int:
-    """Pixels of context deciding one region of :func:`region_centroids` reads."""
+    """Pixels of context deciding whether a pixel's region is small reads (labels, then size)."""
     return 3 * max_extent + 2
+
+
+def centroid_support(max_extent: int, min_distance: int) -> int:
+    """Pixels of context one point of :func:`region_centroids` reads.
+
+    A point of a large component is a peak, and a peak's fate reads whether each pixel within
+    :func:`wsidet.peaks.support` of it belongs to a large component, which reads that pixel's
+    own :func:`region_support`: the two add up.
+    """
+    from wsidet.peaks import support
+
+    return region_support(max_extent) + support(min_distance)
 
 
 def region_centroids(

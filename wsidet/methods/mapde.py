@@ -100,14 +100,15 @@ class MapDe(Method):
 
     @property
     def decoder_radius(self) -> int:
-        """Lucy–Richardson support plus three region extents (deconv), or the peak support."""
-        from wsidet.deconv import deconv_support, region_support
+        """Lucy–Richardson support plus the centroid decoder's (deconv), or the peak support."""
+        from wsidet.deconv import centroid_support, deconv_support
         from wsidet.peaks import support
 
         if self.mode == "peak":
             return support(self.min_distance)
-        regions = max(region_support(self.max_region), support(self.min_distance))
-        return deconv_support(self.radius, self.iterations) + regions
+        return deconv_support(self.radius, self.iterations) + centroid_support(
+            self.max_region, self.min_distance
+        )
 
     def build_network(self) -> torch.nn.Module:
         """:class:`~wsidet.nets.mapde.MapDeNet`: ``{"logits": (N, 1, H, W)}``."""
