@@ -17,7 +17,8 @@ from wsidet.errors import (
 )
 from wsidet.reader import LevelReader, ResampledReader
 from wsidet.resample import resample_weights, resample_window
-from wsidet.slide import _mpp_from_ome, open_slide
+from wsidet.slide import Scale, _mpp_from_ome, open_slide
+from wsidet.tiling import Grid
 
 
 def test_aperio_sample(sample_slide: Path) -> None:
@@ -45,6 +46,15 @@ def test_generic_pyramid_levels_and_scales(blob_slide: BlobSlide) -> None:
     assert (s.level.index, s.factor, s.mpp) == (1, 1.0, pytest.approx(0.5))
     s = slide.scale_for_mpp(0.75)  # between levels 1 and 2: level 1 shrunk by 1.5
     assert s.level.index == 1 and s.factor == pytest.approx(1.5) and s.shape == (400, 533)
+    # A tile of 1.5 level pixels per working pixel is no whole number of working pixels:
+    # nothing to align chunks to, so a wanted chunk size is kept, not inflated to a multiple.
+    tile = slide.levels[1].tile
+    assert all(t % 3 for t in tile) and s.tile == (1, 1)
+    grid = Grid.aligned((4000, 4000), halo=112, chunk=1024, tile=s.tile, align=16)
+    assert set(grid.chunks[0][:-1]) == {1024}
+    # An integer factor keeps whole tiles, and chunks stay multiples of them.
+    s2 = Scale(slide.levels[0], 2.0, 0.5)
+    assert s2.tile == (slide.levels[0].tile[0] // 2, slide.levels[0].tile[1] // 2)
     s = slide.scale_for_mpp(0.1)  # finer than level 0: level 0 enlarged
     assert s.level.index == 0 and s.factor == pytest.approx(0.4)
     np.testing.assert_allclose(

@@ -99,9 +99,20 @@ class Scale:
 
     @property
     def tile(self) -> tuple[int, int]:
-        """TIFF tile size in working pixels (rows, cols), for chunk alignment."""
+        """TIFF tile size in working pixels (rows, cols), for chunk alignment.
+
+        Only where a tile is a whole number of working pixels do working-pixel chunk edges
+        fall on tile edges; otherwise (e.g. 256 px tiles shrunk by 1.25) no alignment is
+        possible and (1, 1) is returned, so chunks keep the size asked for instead of
+        growing to a multiple of a rounded tile (and of the network's stride).
+        """
+
+        def edge(size: int) -> int:
+            working = size / self.factor
+            return round(working) if abs(working - round(working)) < 1e-9 else 1
+
         th, tw = self.level.tile
-        return max(1, round(th / self.factor)), max(1, round(tw / self.factor))
+        return max(1, edge(th)), max(1, edge(tw))
 
     def to_level0(self, points_yx: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
         """Map working-pixel indices to level-0 continuous coordinates.
