@@ -93,7 +93,10 @@ def test_decode_of_encode_returns_the_points(name: str, seed: int) -> None:
     rng = np.random.default_rng(seed)
     shape = (150, 170)
     # 3 px from the border: a region centroid (mapde) cut by the image edge moves inward.
-    points = random_points(rng, shape, 30, min_sep=26, margin=3)
+    # 7 px apart: neighbours' targets overlap (VOCA discs, weights up to 4; MapDe cones add
+    # up); the smallest separation every method decodes exactly over 60 seeds (at 6 px two
+    # MapDe cores merge, so cones clipped at 1, which needs < 5 px, stay untested).
+    points = random_points(rng, shape, 30, min_sep=7, margin=3)
     ideal = as_tensors(method.ideal_outputs(method.encode(points, shape)))
     found, scores = method.decode(ideal)
     result = evaluate_points(found.numpy(), points, radius=1.0)
@@ -243,6 +246,39 @@ def test_voca_accumulation_equals_a_plain_loop() -> None:
         torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
 
 
+def test_voca_points_read_only_the_decoder_radius() -> None:
+    """A point whose pixel is in a region is decoded from the maps within decoder_radius of it.
+
+    Random sparse votes make peaks whose weighted centroids sit up to ``score_radius`` off the
+    peak, so a point can fall in the region while its peak is outside it (a radius without that
+    shift fails this test).
+    """
+    method = get_method("voca", threshold=0.0, nms_distance=1, score_radius=2)
+    r = method.decoder_radius
+    h, w = 70, 80
+    y0, y1, x0, x1 = r + 3, h - r - 5, r + 4, w - r - 2
+
+    def inside(points: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pixel = torch.floor(points + 0.5)
+        keep = (pixel[:, 0] >= y0) & (pixel[:, 0] < y1) & (pixel[:, 1] >= x0) & (pixel[:, 1] < x1)
+        order = torch.argsort(points[keep, 0] * 1000 + points[keep, 1])
+        return points[keep][order], scores[keep][order]
+
+    for seed in range(60):
+        gen = torch.Generator().manual_seed(seed)
+        conf = (torch.rand(1, h, w, generator=gen) < 0.3) * torch.rand(1, h, w, generator=gen)
+        loc = (torch.rand(2, h, w, generator=gen) - 0.5) * 2 * (method.max_shift + 2)  # type: ignore[attr-defined]
+        wt = torch.randint(0, 3, (1, h, w), generator=gen).float()
+        maps = {"conf": conf, "loc": loc, "wt": wt}
+        whole = inside(*method.decode(maps))
+        crop = {k: v[:, y0 - r : y1 + r, x0 - r : x1 + r] for k, v in maps.items()}
+        points, scores = method.decode(crop)
+        part = inside(points + torch.tensor([y0 - r, x0 - r]), scores)
+        assert len(part[0]) == len(whole[0]) > 0, seed
+        # Coordinates shifted by the crop origin differ in float32's last bits only.
+        torch.testing.assert_close(part, whole, atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("scan_stride", [1, 5])
 def test_fast_scanning_equals_patch_by_patch_fusion(scan_stride: int) -> None:
     from wsidet.nets.patchcnn import (
@@ -291,6 +327,50 @@ def test_fast_scanning_equals_patch_by_patch_fusion(scan_stride: int) -> None:
                     count[y, xx] += 1
     assert count.min() >= (OUT // scan_stride) ** 2
     torch.testing.assert_close(fused, total / count, atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scan_stride", [1, 5])
+def test_proximity_loss_ignores_outputs_outside_the_image(scan_stride: int) -> None:
+    """The patch loss reads only the predictions for pixels that exist (no target outside)."""
+    from wsidet.nets.patchcnn import HALF_OUT, OUT
+
+    method = get_method("proximity", scan_stride=scan_stride)
+    torch.manual_seed(0)
+    net = method.build_network().train()
+    h, w = 29, 34
+    patches = net(torch.rand(2, 3, h, w))["patches"].detach()
+    _, _, gh, gw = patches.shape
+    rng = np.random.default_rng(0)
+    target = method.encode(random_points(rng, (h, w), 6, 6, -3), (h, w))["proximity"]
+    targets = {"proximity": torch.from_numpy(np.stack([target, target]))}
+    # Image pixel of output j = (dy, dx) of the patch centred at (ss*i - c, ss*k - c).
+    c, d = net.centre_offset, torch.arange(OUT) - HALF_OUT
+    rows = (torch.arange(gh) * scan_stride - c)[None, :] + d[:, None]  # (17, gh)
+    cols = (torch.arange(gw) * scan_stride - c)[None, :] + d[:, None]  # (17, gw)
+    inside = ((rows >= 0) & (rows < h))[:, None, :, None] & ((cols >= 0) & (cols < w))[
+        None, :, None, :
+    ]
+    inside = inside.reshape(OUT * OUT, gh, gw).expand_as(patches)
+    assert (~inside).any() and inside.any()
+
+    base = patches.clone().requires_grad_()
+    loss = method.loss({"patches": base}, targets)
+    loss.backward()
+    assert base.grad is not None
+    assert (base.grad[~inside] == 0).all() and (base.grad[inside] != 0).any()
+    moved = torch.where(inside, patches, torch.rand_like(patches))
+    assert float(method.loss({"patches": moved}, targets)) == float(loss.detach())
+
+    # The paper's per-patch ½ Σ (y + λ)(y - o)² over the pixels that exist, by indexing.
+    y = targets["proximity"][:, 0][
+        :, rows.clamp(0, h - 1)[:, None, :, None], cols.clamp(0, w - 1)[None, :, None, :]
+    ].reshape(2, OUT * OUT, gh, gw)
+    terms = torch.where(inside, (y + method.lam) * (y - patches) ** 2, 0.0)  # type: ignore[attr-defined]
+    centred = ((rows[HALF_OUT] >= 0) & (rows[HALF_OUT] < h))[:, None] & (
+        (cols[HALF_OUT] >= 0) & (cols[HALF_OUT] < w)
+    )[None, :]
+    expected = 0.5 * terms.sum(dim=1)[:, centred].mean()
+    torch.testing.assert_close(loss.detach(), expected)
 
 
 @pytest.mark.parametrize("name", ["fcrn_a", "fcrn_b"])

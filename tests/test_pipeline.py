@@ -89,8 +89,19 @@ RANDOM_WEIGHT_PARAMS = {
 }
 
 
-@pytest.mark.parametrize("name", list_methods())
-def test_seams_are_exact_for_every_method(name: str, tmp_path: Path) -> None:
+# Non-default configurations whose decoder or grid differs from the default's (slow: each
+# takes 20-35 s on two cores).
+SEAM_VARIANTS = [
+    pytest.param("mapde", {"mode": "peak"}, id="mapde-peak", marks=pytest.mark.slow),
+    pytest.param("proximity", {"scan_stride": 1}, id="proximity-ss1", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [pytest.param(name, {}, id=name) for name in list_methods()] + SEAM_VARIANTS,
+)
+def test_seams_are_exact_for_every_method(name: str, params: dict, tmp_path: Path) -> None:
     """Tiled == whole image through the pipeline, with random weights for trainable methods.
 
     oneDNN is switched off: it picks convolution kernels by tensor size, which changes results
@@ -98,7 +109,7 @@ def test_seams_are_exact_for_every_method(name: str, tmp_path: Path) -> None:
     maps are full of near-ties that such noise can flip. With size-independent arithmetic the
     check is exact, so it tests the halo, the ownership and the decoders' locality themselves.
     """
-    method = get_method(name, **RANDOM_WEIGHT_PARAMS.get(name, {}))
+    method = get_method(name, **{**RANDOM_WEIGHT_PARAMS.get(name, {}), **params})
     if "width" in method.param_names():
         method = method.replace(width=8)  # the halo does not depend on the width
     weights = None

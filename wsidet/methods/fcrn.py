@@ -10,9 +10,15 @@
 * **Decoding**: local maxima of the density; the **count** is the integral of the density
   (divided by 100), reported per chunk and per slide by the pipeline.
 
-FCRN-A is the paper's; FCRN-B's layers are reconstructed from its prose (see
+FCRN-A has the paper's layers; FCRN-B's are reconstructed from its prose (see
 :mod:`wsidet.nets.fcrn`). FCRN-B keeps 256 feature maps at full resolution, so it is about five
 times slower than FCRN-A.
+
+Deviations (details in :mod:`wsidet.nets.fcrn`): each unConv has a ReLU after its convolution
+as well (the paper's is upsampling + ReLU + convolution), kept so that trained weights stay
+valid; FCRN-B's encoder sees 28×28 pixels rather than the paper's 32×32, because the figure
+that fixes its 5×5 layers is not in the text and any layout giving 32×32 would be a guess; and
+the normalisation is the sliding-window form of the paper's per-patch one (above).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 The baseline the structured-regression paper compares against (its ref. [1], Al-Kofahi et al.
 2010: multiscale LoG), expressed through the Method contract: a fixed network (colour
 deconvolution to haematoxylin, then a scale-normalised LoG, maximum over scales) and a peak
-decoder. It needs no training and no weights, so it is the default until trained weights ship.
+decoder. It needs no training and no weights: a baseline, and a fallback where no trained
+weights suit the stain (the default method is ``voca``, whose trained weights ship with wsidet).
 
 Defaults (σ = 4, 5, 6 px at 0.5 µm/px, threshold 0.2, min_distance 4) were picked by a grid
 search on CRCHisto fold 1 (VOCA split; F1 0.686 at 6 px); on the held-out fold 2 they give

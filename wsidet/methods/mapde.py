@@ -11,8 +11,10 @@
   with ``f`` (normalised to unit sum; 2 iterations), threshold, centroids of the regions.
   ``mode="peak"`` is MapDe-Peak: local maxima of the output.
 
-Deviations: a narrower U-Net than Micro-Net (see :mod:`wsidet.nets.mapde`), and region labels
-that spread at most ``max_region`` pixels so decoding stays local to a chunk (exactly connected
+Deviations: a narrower U-Net than Micro-Net (``width`` 32: 32-64-128-256-256 maps, batch
+norm; its L-1 layer a 1×1 convolution to one map, a kernel the paper does not give; see
+:mod:`wsidet.nets.mapde`), so that it trains in hours rather than days; and region labels that
+spread at most ``max_region`` pixels so decoding stays local to a chunk (exactly connected
 components for regions smaller than that; see :mod:`wsidet.deconv`).
 """
 

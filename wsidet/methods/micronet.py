@@ -9,9 +9,18 @@
   target, λ = 5, averaged over the batch.
 * **Decoding**: suppress values below ``ξ`` times the map's maximum, then local maxima.
 
-Deviation: the paper's maximum is that of each 500×500 test image; on a slide it would make
-detections depend on where chunks are cut, so wsidet uses the largest value the map can take
-(the scale, 5): ``ξ · 5``. Network widths are not given in the paper (see the network module).
+Deviations:
+
+* The paper's maximum is that of each 500×500 test image; on a slide it would make detections
+  depend on where chunks are cut, so wsidet uses the largest value the map can take (the
+  scale, 5): ``ξ · 5``.
+* Network widths are not given in the paper (see :mod:`wsidet.nets.micronet`).
+* Residual blocks have no ELU between their second batch norm and the sum (the standard form
+  of He et al. 2016; the paper's text has an ELU after every batch norm).
+* No per-channel mean/std normalisation of the input: batch norm after the first convolution
+  absorbs any fixed one, and per-image statistics would tie detections to the chunking.
+
+Only ``d`` follows ``mpp`` (it is given at 40×); every other pixel parameter stays in pixels.
 """
 
 from __future__ import annotations

@@ -10,12 +10,26 @@
   the weights; λ1 = λ2 = 1.
 * **Decoding**: every pixel adds ``wt × conf`` to the pixel its vector points at (a scatter-add
   on the device), non-maximum suppression with a 4-pixel distance, and the score of a detection
-  is the sum of the accumulator within 2 pixels (its position the weighted centroid there).
+  is the sum of the accumulator within 2 pixels.
 
-Deviation: the paper normalises the scores of each image to [0, 1]; that makes a score depend on
-the rest of the image (and on tiling), so wsidet keeps raw sums and expresses the threshold as a
-fraction of a full disc, ``threshold × π r²`` (what one isolated, perfectly predicted nucleus
-accumulates).
+Deviations:
+
+* The paper normalises the scores of each image to [0, 1]; that makes a score depend on the
+  rest of the image (and on tiling), so wsidet keeps raw sums and expresses the threshold as a
+  fraction of a full disc, ``threshold × π r²`` (what one isolated, perfectly predicted nucleus
+  accumulates).
+* Non-maximum suppression uses a square window: a peak must be the maximum of the accumulator
+  within ``nms_distance`` pixels along each axis (Chebyshev distance), where the paper's
+  distance threshold is presumably Euclidean. Square windows are separable (two 1-D running
+  maxima, cheap on any device, see :mod:`wsidet.peaks`); the difference is that two peaks up
+  to ``nms_distance · √2`` (5.7 px) apart along a diagonal are merged too.
+* Addition: a detection's position is the weighted centroid of the accumulator within
+  ``score_radius`` of its peak (the window its score sums), not the peak pixel. Vectors are
+  rounded to whole pixels when accumulating, and the centroid recovers a sub-pixel position
+  from how the votes spread; it moves a point by at most ``score_radius``.
+* The network has a stem convolution, 2×2 rather than 3×3 transposed convolutions, and no
+  dataset mean/std input normalisation (batch norm after the first convolution absorbs it);
+  reasons in :mod:`wsidet.nets.voca`.
 """
 
 from __future__ import annotations
@@ -95,10 +109,18 @@ class Voca(Method):
 
     @property
     def decoder_radius(self) -> int:
-        """Accumulation reach plus the suppression window (and its tie-breaking)."""
+        """Map context one decoded point reads, measured from the pixel the point falls in.
+
+        Deciding a peak reads the accumulator within ``support(nms_distance)`` (its window and
+        tie-breaking), its score and centroid within ``score_radius``; each accumulator pixel
+        reads the maps within ``max_shift``. The centroid moves the point up to
+        ``score_radius`` from its peak, and a block keeps the points whose pixel (not whose
+        peak) lies in its core, so that shift adds on top.
+        """
         from wsidet.peaks import support
 
-        return self.max_shift + max(support(self.nms_distance), self.score_radius)
+        reads = max(support(self.nms_distance), self.score_radius)
+        return self.score_radius + self.max_shift + reads
 
     def build_network(self) -> torch.nn.Module:
         """:class:`~wsidet.nets.voca.VocaNet`: conf, loc, wt maps."""

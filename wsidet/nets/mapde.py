@@ -5,9 +5,14 @@ every scale; MapDe replaces its last activation by a ReLU (the L-1 feature map m
 non-negative) and convolves it with the fixed, non-trainable mapping filter ``f``. The filter is
 a buffer, not a parameter: it moves with the network and is never trained or saved as weights.
 
-Deviation: 32-64-128-256 feature maps with batch norm instead of Micro-Net's wider, tanh,
-batch-norm-free layers and its auxiliary outputs, so that the network trains on one GPU (or a
-CPU) in minutes rather than days.
+Deviations:
+
+* Five levels of 32-64-128-256-256 feature maps (four poolings, stride 16) with batch norm,
+  instead of Micro-Net's wider, tanh, batch-norm-free layers and its auxiliary outputs, so
+  that the network trains on one GPU (or a CPU) in minutes rather than days.
+* The paper's L-1 map is Micro-Net's last layer with a ReLU instead of tanh; here that layer
+  is a 1×1 convolution of the U-Net's last feature maps to one map, then the ReLU. The paper
+  does not give that layer's kernel; 1×1 adds no receptive field.
 """
 
 from __future__ import annotations

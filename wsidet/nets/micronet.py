@@ -12,9 +12,23 @@ Four paths, as the paper describes them:
   downsampling blocks straight to full resolution; they are concatenated with the last
   upsampling block and fed to the output transition (two convolutions), a sigmoid scaled by 5.
 
-Batch norm after every (strided) convolution, ELU after every batch norm and residual sum.
+Batch norm after every (strided) convolution, ELU after every batch norm and residual sum
+except the one noted below.
 
-Deviation: the paper does not list its feature-map counts; we use 32-64-128-128 (CPU-trainable).
+Deviations:
+
+* The paper does not list its feature-map counts; we use 32-64-128-128 (CPU-trainable).
+* A residual block is conv-BN-ELU-conv-BN, plus the shortcut, then ELU
+  (:class:`~wsidet.nets.blocks.ResidualUnit`): the standard form of He et al. 2016, the
+  residual paper MicroNet cites (its ref. 56), with no ELU between the second batch norm and
+  the sum, where the paper's text puts an ELU after every batch norm.
+* No input normalisation (the paper subtracts the mean and divides by the standard deviation
+  "in each image channel"). The network starts with a convolution followed by batch norm,
+  which removes any fixed per-channel offset of the input (a per-channel scale only
+  reparametrises that convolution), so a fixed normalisation would be redundant. Statistics of
+  each image, if that is what the paper used, would also remove its colour offset, but on a
+  slide they would make a detection depend on where the chunks are cut; stain variation is
+  left to training augmentation instead.
 """
 
 from __future__ import annotations

@@ -1,13 +1,29 @@
 """The VOCA network (Xie et al. 2019): residual encoder-decoder with three task heads.
 
 Four encoding and four decoding blocks, each a residual unit; down- and upsampling happen
-inside every block by a 3×3 convolution / transposed convolution at stride 2 (no pooling, "to
-retain location information"). Encoder features are added to the decoder features of the same
+inside every block by a 3×3 convolution / a transposed convolution at stride 2 (no pooling,
+"to retain location information"). Encoder features are added to the decoder features of the same
 size (the FCN-style "rich features in the decoding part"). Three 1×1 convolutions produce the
 task maps: confidence (sigmoid), localisation vector (identity, 2 channels: dy, dx) and weight of
 contribution (ReLU).
 
-Deviation: the paper gives no feature-map counts; we use 32-64-128-256 with batch norm.
+Deviations (kept: the bundled weights in :mod:`wsidet.weights` were trained with this network):
+
+* Feature-map counts are not in the paper; we use 32-64-128-256 with batch norm.
+* Upsampling is a 2×2 transposed convolution at stride 2, not the paper's 3×3. A 2×2 kernel
+  at stride 2 writes each output pixel from exactly one input pixel (``p // 2``), so the
+  kernel's footprints tile the output without overlap; a 3×3 kernel at stride 2 covers
+  alternate rows and columns once and twice, the uneven overlap that makes checkerboard
+  artefacts. (Both are local, so tiled detection would be exact either way.)
+* A stem convolution (3×3, ``channels[0] // 2`` maps, batch norm, ReLU) comes before the first
+  encoding block: it gives the residual units features rather than RGB, and its output is the
+  full-resolution encoder feature added to the last decoding block.
+* No input normalisation (the paper subtracts the training set's mean and divides by its
+  standard deviation): the stem convolution is followed by batch norm, which removes any fixed
+  per-channel offset of the input, and a per-channel scale is only a reparametrisation of the
+  stem's weights; so that normalisation would change only the zero padding at image borders
+  and the stem's effective learning rate. Without it the weights depend on no statistic of a
+  training set.
 """
 
 from __future__ import annotations
