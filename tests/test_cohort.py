@@ -147,10 +147,99 @@ def test_resume_skips_finished_slides_and_retries_failed_ones(cohort, reference,
     assert list(manifest.loc[["s0", "broken", "s2"], "status"]) == ["done"] * 3
     assert manifest.loc["broken", "error"] == ""
     assert len(read_detections(out / "broken.parquet")) == len(reference["s1"])
-    # Other parameters make the old outputs unusable: refused, nothing overwritten.
+    # Other parameters make the old outputs unusable: refused, nothing overwritten, and the
+    # manifest keeps describing the outputs that are there.
     other = run_cohort([first], out, method=METHOD.replace(threshold=0.3), **OPTIONS)
     assert other.failed == 3 and "--overwrite" in other.results[0].error
     assert (out / "s0.parquet").stat().st_mtime_ns == stamp
+    manifest = read_manifest(out).set_index("slide_id")
+    assert list(manifest.loc[["s0", "broken", "s2"], "status"]) == ["done"] * 3
+    assert manifest.loc["s0", "n_points"] == len(reference["s0"])
+
+
+def test_rerun_checks_what_made_the_outputs(cohort, reference, tmp_path) -> None:
+    """Outputs are reused only for the same slide content and settings; gaps are filled."""
+    out = tmp_path / "out"
+    formats = ("parquet", "geojson")
+    run_cohort([cohort / "s0.tif"], out, method=METHOD, formats=formats, **OPTIONS)
+    stamp = (out / "s0.parquet").stat().st_mtime_ns
+    # A deleted GeoJSON is written again from the Parquet file; nothing is recomputed.
+    (out / "s0.geojson").unlink()
+    again = run_cohort([cohort / "s0.tif"], out, method=METHOD, formats=formats, **OPTIONS)
+    assert (again.done, again.reused) == (1, 1)
+    assert again.results[0].n_points == len(reference["s0"])
+    assert len(read_detections(out / "s0.geojson")) == len(reference["s0"])
+    assert (out / "s0.parquet").stat().st_mtime_ns == stamp
+    # The same file moved elsewhere is the same slide.
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.copy(cohort / "s0.tif", moved / "s0.tif")
+    assert run_cohort([moved], out, method=METHOD, **OPTIONS).reused == 1
+    # Another slide under the same name, or other settings: refused.
+    impostor = tmp_path / "impostor"
+    impostor.mkdir()
+    shutil.copy(cohort / "s1.tif", impostor / "s0.tif")
+    cases = {
+        "another slide file": ([impostor], {}),
+        "another tissue setting": ([cohort / "s0.tif"], {"tissue": False}),
+        "another --mpp": ([cohort / "s0.tif"], {"mpp": 0.25}),
+    }
+    for words, (paths, changes) in cases.items():
+        summary = run_cohort(paths, out, method=METHOD, **{**OPTIONS, **changes})
+        assert summary.failed == 1 and words in summary.results[0].error, words
+    assert (out / "s0.parquet").stat().st_mtime_ns == stamp
+    replaced = run_cohort([impostor], out, method=METHOD, overwrite=True, **OPTIONS)
+    assert replaced.done == 1 and replaced.results[0].n_points == len(reference["s1"])
+
+
+def test_a_failed_write_fails_only_its_slide(cohort, client, tmp_path, monkeypatch) -> None:
+    import wsidet.cohort
+
+    real = wsidet.cohort.write_detections
+
+    def full_disk(frame, out, **kwargs):
+        if frame.attrs["wsidet"]["slide"]["slide_id"] == "s1":
+            raise OSError(28, "No space left on device")
+        return real(frame, out, **kwargs)
+
+    monkeypatch.setattr(wsidet.cohort, "write_detections", full_disk)
+    for where, runner in {"here": None, "cluster": client}.items():
+        out = tmp_path / where
+        summary = run_cohort([cohort], out, method=METHOD, client=runner, **OPTIONS)
+        status = {r.slide_id: (r.status, r.error) for r in summary.results}
+        assert status["s1"] == ("failed", "[Errno 28] No space left on device"), where
+        assert status["s0"][0] == status["s2"][0] == "done", where
+        assert read_manifest(out).set_index("slide_id").loc["s1", "status"] == "failed"
+
+
+def test_nothing_left_behind_and_reserved_names(cohort, tmp_path) -> None:
+    out = tmp_path / "never"
+    summary = run_cohort([tmp_path / "absent.svs"], out, method=METHOD, **OPTIONS)
+    assert summary.failed == 1 and "slide not found" in summary.results[0].error
+    assert not out.exists()
+    named = tmp_path / "named"
+    named.mkdir()
+    shutil.copy(cohort / "s0.tif", named / "manifest.tif")
+    summary = run_cohort([named], out, method=METHOD, **OPTIONS)
+    assert "reserved" in summary.results[0].error and not out.exists()
+    with pytest.raises(CohortError, match="not a folder"):
+        run_cohort([cohort / "s0.tif"], cohort / "s0.tif", method=METHOD, **OPTIONS)
+    # The same file under two spellings is one slide.
+    assert find_slides([cohort / "s0.tif", cohort / ".." / cohort.name / "s0.tif"]) == [
+        cohort / "s0.tif"
+    ]
+
+
+def test_read_detections_follows_the_manifest(cohort, reference, tmp_path) -> None:
+    run_cohort([cohort / "s0.tif", cohort / "s1.tif"], tmp_path, method=METHOD, **OPTIONS)
+    # A stray file the manifest does not list as done is not part of the cohort.
+    shutil.copy(tmp_path / "s0.parquet", tmp_path / "stray.parquet")
+    merged = read_detections(tmp_path)
+    assert set(merged["slide_id"]) == {"s0", "s1"}
+    assert len(merged) == len(reference["s0"]) + len(reference["s1"])
+    (tmp_path / "s1.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match="lists 's1' as done"):
+        read_detections(tmp_path)
 
 
 def test_detection_tasks_run_only_on_gpu_workers(cohort, reference, tmp_path) -> None:
@@ -179,6 +268,30 @@ def test_detection_tasks_run_only_on_gpu_workers(cohort, reference, tmp_path) ->
     assert_outputs_match(tmp_path, {k: reference[k] for k in ("s0", "s1")})
 
 
+def test_gpu_resource_no_worker_has_is_refused(cohort, client, tmp_path) -> None:
+    with pytest.raises(CohortError, match="no worker of the cluster offers the resource 'GPU'"):
+        run_cohort(
+            [cohort / "s0.tif"], tmp_path, method=METHOD, client=client, gpu_resource="GPU",
+            **OPTIONS,
+        )  # fmt: skip
+
+
+def test_one_worker_per_gpu_without_dask_cuda(monkeypatch) -> None:
+    """Each GPU worker sees only its own device and offers GPU=1 (checked without GPUs)."""
+    from wsidet.cluster import ClusterError, gpu_cluster
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    with pytest.raises(ClusterError, match="3 GPUs asked for, but 2 are visible"):
+        gpu_cluster(3, 1)
+    cluster = gpu_cluster(2, 1, dashboard_address=":0")
+    with distributed.Client(cluster) as client:
+        seen = client.run(lambda: os.environ["CUDA_VISIBLE_DEVICES"])
+        resources = [w["resources"] for w in client.scheduler_info()["workers"].values()]
+    cluster.close()
+    assert sorted(seen.values()) == ["3", "5"]
+    assert resources == [{"GPU": 1}, {"GPU": 1}]
+
+
 def test_slide_ids_must_be_unique(tmp_path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -190,7 +303,8 @@ def test_slide_ids_must_be_unique(tmp_path) -> None:
         find_slides([tmp_path / "a" / "nothing-here"] * 0)
 
 
-def test_cli_runs_a_folder_on_a_local_cluster(cohort, reference, tmp_path, capsys) -> None:
+def test_cli_runs_a_folder_on_a_local_cluster(cohort, reference, tmp_path, capfd) -> None:
+    """capfd, not capsys: worker processes write to the file descriptors, not sys.stderr."""
     from wsidet.cli.main import main
 
     code = main(
@@ -199,7 +313,7 @@ def test_cli_runs_a_folder_on_a_local_cluster(cohort, reference, tmp_path, capsy
             *("--workers", "2", "--chunk", "256", "-q"),
         ]
     )
-    out, err = capsys.readouterr()
+    out, err = capfd.readouterr()
     assert code == 1  # one slide failed
     assert "dask dashboard:" in out and "4 slides: 3 done (0 already), 1 failed" in out
     assert err.count("\n") == 1 and "broken.tif" in err
@@ -212,6 +326,8 @@ def test_local_workers_start_with_the_right_environment() -> None:
     """Threads and heap settings reach worker processes (see wsidet.cluster)."""
     from wsidet.cluster import close_client, default_layout, start_client
 
+    # Not inherited from this process: the worker plugin must set it.
+    os.environ.pop("TIFFSLIDE_NUM_DECODE_THREADS", None)
     client, gpu = start_client("local", workers=1, threads_per_worker=2)
     try:
         env = next(iter(client.run(lambda: dict(os.environ)).values()))

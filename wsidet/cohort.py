@@ -1,19 +1,21 @@
 """``run_cohort``: many slides, one output folder, a manifest, and a run that can be resumed.
 
-Per slide, the output folder holds ``SLIDE_ID.parquet`` (and other formats asked for) and
-``manifest.parquet`` has one row: path, slide_id, status (``done`` / ``failed``), n_points,
-seconds, error, wsidet version, method, weights hash, parameters, output. A rerun skips slides
-whose output exists and was made with the same method, weights and parameters, and retries
-failed ones; writes are atomic, so an interrupted run never leaves half a file.
+Per slide, the output folder holds ``SLIDE_ID.parquet`` (and the other formats asked for);
+``manifest.parquet`` has a row per slide (:class:`~wsidet.manifest.SlideResult`). A rerun
+reuses a slide whose outputs carry this run's signature (same slide content, method,
+parameters, weights, pixel size and tissue setting; :mod:`wsidet.resume`), writes formats
+missing beside them, retries failed slides, and refuses to replace outputs of another run
+unless asked to. Writes are atomic, Parquet last, so an interrupted run never leaves half a
+file nor a set of outputs that looks complete.
 
 Without a client, slides run one after another in this process (chunks on a thread pool).
 With a ``distributed.Client``, each slide is planned by a task on any worker (opening it and
-computing its tissue mask), then its chunks become plain tasks that read their own block and
-run the worker's resident detector (one model per worker process, see
-:class:`~wsidet.engine.DetectorSpec`). A lost worker only costs its tasks, which rerun
-elsewhere with identical results. A slide that cannot be opened or read is recorded as failed
-with a one-line reason and the others go on. With ``gpu_resource`` set, chunk tasks ask for
-that worker resource at compute time (annotations in the graph would be lost to fusion).
+computing its tissue mask), then its chunks become plain tasks that run the worker's resident
+detector (one model per worker process, see :class:`~wsidet.engine.DetectorSpec`). A lost
+worker only costs its tasks, which rerun elsewhere with identical results. A slide that cannot
+be opened, read or written is recorded as failed with a one-line reason and the others go on.
+With ``gpu_resource`` set, chunk tasks ask for that worker resource at compute time
+(annotations in the graph would be lost to fusion).
 """
 
 from __future__ import annotations
@@ -23,53 +25,41 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from wsidet._version import __version__
 from wsidet.engine import DEFAULT_TILE
-from wsidet.errors import OutputExistsError, WsidetError
-from wsidet.io import atomic_path, output_paths, write_detections
+from wsidet.errors import OutputExistsError, SlideNotFoundError, WsidetError
+from wsidet.io import output_paths, read_detections, write_detections
+from wsidet.manifest import MANIFEST, ManifestWriter, SlideResult, load_rows, read_manifest
 from wsidet.methods.base import Method
 from wsidet.pipeline import SlidePlan, detect_slide, plan_slide
+from wsidet.resume import output_state, run_signature, slide_fingerprint
 from wsidet.slide import slide_id_for
 from wsidet.tiling import DEFAULT_CHUNK
 
-if TYPE_CHECKING:
-    import pandas as pd
+__all__ = [
+    "MANIFEST",
+    "CohortError",
+    "CohortProgress",
+    "CohortSummary",
+    "SlideResult",
+    "find_slides",
+    "read_manifest",
+    "run_cohort",
+]
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.parquet"
 #: File endings taken as slides when a folder is given.
 SLIDE_ENDINGS = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".ome.tif", ".ome.tiff")
+#: Slide ids that would collide with the folder's own files.
+RESERVED_IDS = frozenset({Path(MANIFEST).stem})
 
 
 class CohortError(WsidetError, ValueError):
-    """The cohort itself is unusable (no slides, two slides with the same id)."""
-
-
-@dataclass(frozen=True)
-class SlideResult:
-    """The outcome for one slide (a manifest row)."""
-
-    path: str
-    slide_id: str
-    status: str  # "done" or "failed"
-    n_points: int = 0
-    seconds: float = 0.0
-    error: str = ""
-    method: str = ""
-    weights_hash: str = ""
-    params: str = ""
-    output: str = ""
-    processed_mpx: float = 0.0
-    area_mm2: float = float("nan")
-    totals: str = "{}"
-    reused: bool = False
-    version: str = __version__
-    finished: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
+    """The cohort itself is unusable (no slides, two slides with the same id, no output)."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +108,8 @@ class CohortProgress:
 def find_slides(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Slides named directly, or found (non-recursively) in named folders, in order.
 
+    A file named twice (also under different spellings of its path) counts once.
+
     Raises
     ------
     CohortError
@@ -132,7 +124,12 @@ def find_slides(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
             )
         else:
             found.append(p)  # a missing file fails later, as that slide's error
-    unique = list(dict.fromkeys(found))
+    seen: set[Path] = set()
+    unique: list[Path] = []
+    for p in found:
+        if p.resolve() not in seen:
+            seen.add(p.resolve())
+            unique.append(p)
     if not unique:
         raise CohortError("no slides found in the paths given")
     ids: dict[str, Path] = {}
@@ -144,43 +141,6 @@ def find_slides(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return unique
 
 
-def read_manifest(out: str | os.PathLike[str]) -> pd.DataFrame | None:
-    """The manifest of an output folder, if there is one."""
-    import pandas as pd
-
-    path = Path(out) / MANIFEST
-    return pd.read_parquet(path) if path.is_file() else None
-
-
-def _write_manifest(out: Path, rows: dict[str, SlideResult]) -> None:
-    import dataclasses
-
-    import pandas as pd
-
-    frame = pd.DataFrame([dataclasses.asdict(r) for r in rows.values()])
-    with atomic_path(out / MANIFEST, overwrite=True) as tmp:
-        frame.to_parquet(tmp, index=False)
-
-
-def _params_text(method: Method) -> str:
-    return json.dumps(method.params(), sort_keys=True)
-
-
-def _reusable(path: Path, method: Method, weights_hash: str | None) -> bool:
-    """Whether an existing output was made by the same method, weights and parameters."""
-    import pyarrow.parquet as pq
-
-    try:
-        meta = json.loads(pq.read_schema(path).metadata[b"PANDAS_ATTRS"])["wsidet"]
-    except (OSError, KeyError, ValueError, TypeError):
-        return False
-    return bool(
-        meta.get("method") == method.name
-        and meta.get("weights_hash") == weights_hash
-        and json.dumps(meta.get("params"), sort_keys=True) == _params_text(method)
-    )
-
-
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     if not isinstance(exc, WsidetError | OSError | ValueError):
@@ -188,11 +148,29 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
+def check_writable(out: Path) -> None:
+    """Fail before any work if ``out`` cannot become a folder we can write in.
+
+    Nothing is created: the folder appears with the first output.
+
+    Raises
+    ------
+    CohortError
+    """
+    if out.exists() and not out.is_dir():
+        raise CohortError(f"output {str(out)!r} exists and is not a folder")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise CohortError(f"cannot write to {str(out)!r}: {str(existing)!r} is not writable")
+
+
 def run_cohort(
     paths: Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
     *,
-    method: Method,
+    method: Method | str | None = None,
     weights: str | os.PathLike[str] | None = None,
     client: Any = None,
     chunk: int = DEFAULT_CHUNK,
@@ -216,19 +194,21 @@ def run_cohort(
     paths : sequence of path
         Slides and folders of slides.
     out : path
-        Output folder.
-    method : Method
-        Configured method (see :func:`wsidet.weights.resolve_method`).
+        Output folder (created when the first output is written).
+    method : Method or str, optional
+        A configured method, or a name resolved as :func:`wsidet.weights.resolve_method` does
+        (default: wsidet's default method with its bundled weights).
     weights : path, optional
-        Its weights (trainable methods).
+        Weights of a trainable method.
     client : distributed.Client, optional
         Where to compute; None: in this process.
     chunk, device, tile, batch_size, tissue, mpp
         As for :func:`wsidet.detect_slide`.
     formats : sequence of str
-        Output formats (``parquet`` is always written: resuming reads it).
+        Output formats. Parquet is always written: it carries the run's metadata and
+        signature, which resuming reads.
     overwrite : bool
-        Recompute slides whose outputs exist.
+        Recompute slides whose outputs exist, replacing them.
     gpu_resource : str, optional
         Worker resource chunk tasks require (e.g. ``"GPU"``).
     retries : int
@@ -242,142 +222,119 @@ def run_cohort(
     Returns
     -------
     CohortSummary
+
+    Raises
+    ------
+    CohortError
+        No slides, colliding slide ids, an output folder that cannot be written, or a GPU
+        resource no worker has.
+    WeightsError, DeviceError
+        The method cannot run (checked once, before any slide).
     """
+    from wsidet.engine import DetectorSpec
     from wsidet.engine import weights_hash as hash_weights
+    from wsidet.weights import resolve_method
 
     started = time.perf_counter()
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     slides = find_slides(paths)
+    check_writable(out_dir)
+    if not isinstance(method, Method):
+        method, resolved = resolve_method(method, weights)
+        weights = resolved if weights is None else weights
     formats = list(dict.fromkeys(["parquet", *formats]))
     weights_path = os.fspath(weights) if weights is not None else None
     w_hash = hash_weights(weights_path) if weights_path else None
     progress = progress or CohortProgress()
-    rows: dict[str, SlideResult] = {}
-    manifest = read_manifest(out_dir)
-    if manifest is not None:
-        for rec in manifest.to_dict("records"):
-            rows[str(rec["slide_id"])] = SlideResult(
-                **{k: rec[k] for k in SlideResult.__dataclass_fields__ if k in rec}
-            )
-    todo: list[Path] = []
+    manifest = ManifestWriter(out_dir, load_rows(out_dir))
     finished: list[SlideResult] = []
+    signatures: dict[Path, dict[str, Any]] = {}
 
-    def record(result: SlideResult) -> None:
-        rows[result.slide_id] = result
+    def report(result: SlideResult, *, keep_row: bool = False) -> None:
+        # keep_row: the folder's row still describes its outputs (a refused slide).
+        if not (keep_row and result.slide_id in manifest.rows):
+            manifest.put(result)
         finished.append(result)
-        _write_manifest(out_dir, rows)
         if progress.on_slide is not None:
             progress.on_slide(result, len(finished), len(slides))
 
-    for path in slides:
-        slide_id = slide_id_for(path)
-        targets = output_paths(out_dir, slide_id, formats)
-        existing = [p for p in targets.values() if p.exists()]
-        if existing and not overwrite:
-            previous = rows.get(slide_id)
-            if all(p.exists() for p in targets.values()) and _reusable(
-                targets["parquet"], method, w_hash
-            ):
-                reused = SlideResult(
-                    str(path),
-                    slide_id,
-                    "done",
-                    n_points=int(previous.n_points)
-                    if previous is not None
-                    else _count(targets["parquet"]),
-                    method=method.name,
-                    weights_hash=w_hash or "",
-                    params=_params_text(method),
-                    output=targets["parquet"].name,
-                    reused=True,
-                )
-                record(reused)
-                continue
-            record(
-                SlideResult(
-                    str(path),
-                    slide_id,
-                    "failed",
-                    error=str(
-                        OutputExistsError(
-                            f"output exists from a different run: {str(existing[0])!r} "
-                            "(use --overwrite to replace it)"
-                        )
-                    ),
-                    method=method.name,
-                )
-            )
-            continue
-        todo.append(path)
-
-    # Method, weights and device problems concern every slide: fail once, before any work.
-    from wsidet.engine import DetectorSpec
-
-    check = DetectorSpec(method, weights=weights_path, device=None if client else device)
-    if client is None:
-        check.get()
-    else:  # the driver may have no GPU: check the weights fit on its CPU
-        DetectorSpec(method, weights=weights_path, device="cpu").get()
-
-    options = {
-        "weights": weights_path,
-        "mpp": mpp,
-        "chunk": chunk,
-        "device": device,
-        "tile": tile,
-        "batch_size": batch_size,
-        "tissue": tissue,
-    }
-
-    def done(frame: Any, seconds: float) -> None:
-        meta = frame.attrs["wsidet"]
-        slide_id = meta["slide"]["slide_id"]
-        write_detections(frame, out_dir, formats=formats, overwrite=True)
-        area = meta["run"]["processed_area_mm2"]
-        record(
-            SlideResult(
-                str(meta["slide"]["path"]),
-                slide_id,
-                "done",
-                n_points=len(frame),
-                seconds=seconds,
-                method=method.name,
-                weights_hash=w_hash or "",
-                params=_params_text(method),
-                output=f"{slide_id}.parquet",
-                processed_mpx=meta["run"]["processed_mpx"],
-                area_mm2=float("nan") if area is None else float(area),
-                totals=json.dumps(meta["totals"]),
-            )
-        )
-
-    def failed(path: Path, exc: BaseException, seconds: float) -> None:
+    def failed(path: Path, exc: BaseException, seconds: float = 0.0, **row: Any) -> None:
         if raise_errors:
             raise exc
-        slide_id = slide_id_for(path)
         logger.info("slide %s failed: %s", path, _one_line(exc))
-        record(
-            SlideResult(
-                str(path),
-                slide_id,
-                "failed",
-                seconds=seconds,
-                error=_one_line(exc),
-                method=method.name,
-            )
-        )
-
-    if client is None:
-        _run_local(todo, method, options, done, failed, progress)
-    else:
-        dashboard = getattr(client, "dashboard_link", None)
-        if dashboard and progress.on_dashboard is not None:
-            progress.on_dashboard(dashboard)
-        _run_distributed(
-            todo, method, options, client, done, failed, progress,
-            gpu_resource=gpu_resource, retries=retries, max_in_flight=max_in_flight,
+        result = SlideResult(
+            str(path), slide_id_for(path), "failed", seconds=seconds,
+            error=_one_line(exc), method=method.name,
         )  # fmt: skip
+        report(result, **row)
+
+    def done(path: Path, frame: Any, seconds: float) -> None:
+        meta = frame.attrs["wsidet"]
+        meta["signature"] = signatures[path]
+        try:
+            # Parquet last: its presence with this signature is what marks a slide done.
+            write_detections(frame, out_dir, formats=[*formats[1:], "parquet"], overwrite=True)
+        except (OSError, ValueError) as exc:  # a full disk or a lost mount: this slide only
+            failed(path, exc, seconds)
+            return
+        report(_row(path, meta, len(frame), seconds, formats, reused=False))
+
+    todo: list[Path] = []
+    try:
+        for path in slides:
+            slide_id = slide_id_for(path)
+            if slide_id in RESERVED_IDS:
+                failed(path, CohortError(f"slide id {slide_id!r} is reserved; rename {path}"))
+                continue
+            if not path.is_file():
+                failed(path, SlideNotFoundError(f"slide not found: {str(path)!r}"))
+                continue
+            signature = run_signature(
+                slide_fingerprint(path), method, w_hash, mpp=mpp, tissue=tissue
+            )
+            signatures[path] = signature
+            targets = output_paths(out_dir, slide_id, formats)
+            state = output_state(targets, signature, overwrite=overwrite)
+            if state.action == "conflict":
+                failed(path, OutputExistsError(state.reason), keep_row=True)
+            elif state.action == "reuse":
+                try:
+                    meta = _complete(targets, state.missing)
+                except (OSError, ValueError) as exc:
+                    failed(path, exc)
+                    continue
+                report(_row(path, meta, meta["n_points"], 0.0, formats, reused=True))
+            else:
+                todo.append(path)
+
+        if todo:
+            # Method, weights and device problems concern every slide: fail once, first.
+            if client is None:
+                DetectorSpec(method, weights=weights_path, device=device).get()
+            else:  # the driver may have no GPU: check the weights fit on its CPU
+                DetectorSpec(method, weights=weights_path, device="cpu").get()
+                _check_resource(client, gpu_resource)
+        options = {
+            "weights": weights_path,
+            "mpp": mpp,
+            "chunk": chunk,
+            "device": device,
+            "tile": tile,
+            "batch_size": batch_size,
+            "tissue": tissue,
+        }
+        if client is None:
+            _run_local(todo, method, options, done, failed, progress)
+        elif todo:
+            dashboard = getattr(client, "dashboard_link", None)
+            if dashboard and progress.on_dashboard is not None:
+                progress.on_dashboard(dashboard)
+            _run_distributed(
+                todo, method, options, client, done, failed, progress,
+                gpu_resource=gpu_resource, retries=retries, max_in_flight=max_in_flight,
+            )  # fmt: skip
+    finally:
+        manifest.flush()
     order = {str(p): i for i, p in enumerate(slides)}
     finished.sort(key=lambda r: order.get(r.path, len(order)))
     return CohortSummary(
@@ -387,17 +344,69 @@ def run_cohort(
     )
 
 
-def _count(path: Path) -> int:
+def _row(
+    path: Path,
+    meta: dict[str, Any],
+    n_points: int,
+    seconds: float,
+    formats: Sequence[str],
+    *,
+    reused: bool,
+) -> SlideResult:
+    """A done slide's manifest row from its outputs' metadata."""
+    run = meta.get("run", {})
+
+    def number(key: str) -> float:
+        value = run.get(key)
+        return float("nan") if value is None else float(value)
+
+    return SlideResult(
+        str(path),
+        meta["slide"]["slide_id"],
+        "done",
+        n_points=int(n_points),
+        seconds=seconds,
+        method=meta["method"],
+        weights_hash=meta.get("weights_hash") or "",
+        params=json.dumps(meta["params"], sort_keys=True),
+        output=f"{meta['slide']['slide_id']}.parquet",
+        processed_mpx=float(run.get("processed_mpx") or 0.0),
+        area_mm2=number("processed_area_mm2"),
+        tissue_mm2=number("tissue_area_mm2"),
+        totals=json.dumps(meta.get("totals", {})),
+        signature=json.dumps(meta.get("signature"), sort_keys=True),
+        reused=reused,
+    )
+
+
+def _complete(targets: dict[str, Path], missing: Sequence[str]) -> dict[str, Any]:
+    """Metadata of a done slide (plus its point count), writing ``missing`` formats first."""
     import pyarrow.parquet as pq
 
-    return int(pq.read_metadata(path).num_rows)
+    parquet = targets["parquet"]
+    if missing:
+        frame = read_detections(parquet)
+        for fmt in missing:
+            write_detections(frame, parquet.parent, formats=[fmt])
+    meta: dict[str, Any] = json.loads(pq.read_schema(parquet).metadata[b"PANDAS_ATTRS"])["wsidet"]
+    meta["n_points"] = pq.read_metadata(parquet).num_rows
+    return meta
+
+
+def _check_resource(client: Any, resource: str | None) -> None:
+    """Chunk tasks asking for a resource no worker has would wait forever: refuse instead."""
+    if resource is None:
+        return
+    workers = client.scheduler_info().get("workers", {}).values()
+    if not any(w.get("resources", {}).get(resource) for w in workers):
+        raise CohortError(f"no worker of the cluster offers the resource {resource!r}")
 
 
 def _run_local(
     todo: Sequence[Path],
     method: Method,
     options: dict[str, Any],
-    done: Callable[..., None],
+    done: Callable[[Path, Any, float], None],
     failed: Callable[..., None],
     progress: CohortProgress,
 ) -> None:
@@ -418,7 +427,7 @@ def _run_local(
             failed(path, exc, time.perf_counter() - started)
             continue
         counts["earlier"] += counts["this"]
-        done(frame, time.perf_counter() - started)
+        done(path, frame, time.perf_counter() - started)
 
 
 def _run_distributed(
@@ -426,7 +435,7 @@ def _run_distributed(
     method: Method,
     options: dict[str, Any],
     client: Any,
-    done: Callable[..., None],
+    done: Callable[[Path, Any, float], None],
     failed: Callable[..., None],
     progress: CohortProgress,
     *,
@@ -457,6 +466,16 @@ def _run_distributed(
             kind[plan] = ("plan", path)
             futures.add(plan)
 
+    def finish(path: Path, results: list[Any]) -> None:
+        seconds = time.perf_counter() - started.pop(path)
+        remaining.pop(path, None)
+        try:
+            frame = plans.pop(path).finish(results, seconds)
+        except Exception as exc:
+            failed(path, exc, seconds)
+            return
+        done(path, frame, seconds)
+
     def give_up(path: Path, exc: BaseException) -> None:
         for f in chunks.pop(path, []):
             f.cancel()
@@ -476,8 +495,7 @@ def _run_distributed(
             plans[path] = plan
             tasks = plan.tasks()
             if not tasks:  # no tissue: an empty result, not an error
-                seconds = time.perf_counter() - started.pop(path)
-                done(plans.pop(path).finish([], seconds), seconds)
+                finish(path, [])
             else:
                 fs = client.compute(tasks, resources=resources, retries=retries)
                 chunks[path] = fs
@@ -492,13 +510,10 @@ def _run_distributed(
             if remaining[path] == 0:
                 try:
                     results = client.gather(chunks.pop(path))
-                    seconds = time.perf_counter() - started[path]
-                    frame = plans.pop(path).finish(results, seconds)
-                    del started[path], remaining[path]
-                    done(frame, seconds)
-                except Exception as exc:  # writing or gathering failed: this slide only
-                    if path in started:
-                        give_up(path, exc)
+                except Exception as exc:  # a result lost with its worker after retries
+                    give_up(path, exc)
+                else:
+                    finish(path, results)
         if progress.on_chunks is not None and what == "chunk":
             progress.on_chunks(chunks_done, chunks_total)
         start_next()

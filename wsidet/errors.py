@@ -63,6 +63,10 @@ class OutputExistsError(WsidetError, FileExistsError):
         return str(self.args[0]) if self.args else ""
 
 
+class DetectionsFormatError(WsidetError, ValueError):
+    """A file given as detections is in no format wsidet reads."""
+
+
 class DeviceError(WsidetError, RuntimeError):
     """The requested compute device is not available."""
 

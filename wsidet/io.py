@@ -24,7 +24,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from wsidet.errors import OutputExistsError, WsidetError
+from wsidet.errors import DetectionsFormatError, OutputExistsError
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 QUPATH_CLASS = {"name": "Nucleus", "color": [220, 40, 40]}
 FORMATS = ("parquet", "geojson", "geojson.gz")
 _SUFFIX = {"parquet": ".parquet", "geojson": ".geojson", "geojson.gz": ".geojson.gz"}
-_MANIFEST = "manifest.parquet"
 
 
 def detections_frame(
@@ -286,15 +285,34 @@ def _read_geojson(path: Path) -> gpd.GeoDataFrame:
     return detections_frame(xy, scores, method=method, slide_id=slide_id, metadata=meta or None)
 
 
+def _cohort_files(folder: Path) -> list[Path]:
+    """Per-slide Parquet files of an output folder (those its manifest says are done)."""
+    from wsidet.manifest import MANIFEST, load_rows
+
+    if not (folder / MANIFEST).is_file():
+        return sorted(f for f in folder.glob("*.parquet") if f.name != MANIFEST)
+    files = []
+    for row in load_rows(folder).values():
+        if row.status == "done":
+            file = folder / (row.output or f"{row.slide_id}.parquet")
+            if not file.is_file():
+                raise FileNotFoundError(
+                    f"the manifest of {str(folder)!r} lists {row.slide_id!r} as done, but "
+                    f"{str(file)!r} is missing; rerun the cohort to make it again"
+                )
+            files.append(file)
+    return sorted(files)
+
+
 def read_detections(path: str | os.PathLike[str]) -> gpd.GeoDataFrame:
     """Detections as a GeoDataFrame, from a file or a folder of per-slide files.
 
     Parameters
     ----------
     path : path
-        A ``.parquet`` file written by wsidet, a ``.geojson``/``.geojson.gz`` file, or a folder
-        whose ``*.parquet`` files (the manifest excluded) are read and concatenated (with
-        ``slide_id`` telling the slides apart).
+        A ``.parquet`` file written by wsidet, a ``.geojson``/``.geojson.gz`` file, or an output
+        folder: with a manifest, the Parquet files of its ``done`` slides; without, all its
+        ``*.parquet`` files; concatenated, ``slide_id`` telling the slides apart.
 
     Returns
     -------
@@ -307,7 +325,7 @@ def read_detections(path: str | os.PathLike[str]) -> gpd.GeoDataFrame:
 
     p = Path(path)
     if p.is_dir():
-        files = sorted(f for f in p.glob("*.parquet") if f.name != _MANIFEST)
+        files = _cohort_files(p)
         if not files:
             return detections_frame(np.zeros((0, 2)), np.zeros(0), method="", slide_id="")
         frames = [gpd.read_parquet(f) for f in files]
@@ -324,4 +342,6 @@ def read_detections(path: str | os.PathLike[str]) -> gpd.GeoDataFrame:
         return gpd.read_parquet(p)
     if name.endswith((".geojson", ".geojson.gz", ".json")):
         return _read_geojson(p)
-    raise WsidetError(f"cannot read detections from {str(p)!r}: expected .parquet or .geojson")
+    raise DetectionsFormatError(
+        f"cannot read detections from {str(p)!r}: expected .parquet or .geojson"
+    )

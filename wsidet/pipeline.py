@@ -287,6 +287,12 @@ class SlidePlan:
             on_tissue = slide.tissue_mask().contains(xy)
             xy, scores = xy[on_tissue], scores[on_tissue]
         mpx = self.processed_mpx
+        fraction = slide.tissue_mask().fraction if self.tissue else None
+        tissue_mm2 = (
+            fraction * slide.shape[0] * slide.shape[1] * slide.mpp**2 / 1e6
+            if fraction is not None and slide.mpp is not None
+            else None
+        )
         metadata = {
             "version": __version__,
             "slide": {
@@ -321,8 +327,10 @@ class SlidePlan:
             "run": {
                 "seconds": seconds,
                 "processed_mpx": mpx,
+                # Area of the chunks processed (tissue and the glass around it in them).
                 "processed_area_mm2": mpx * scale.mpp**2 if scale.mpp is not None else None,
-                "tissue_fraction": slide.tissue_mask().fraction if self.tissue else None,
+                "tissue_fraction": fraction,
+                "tissue_area_mm2": tissue_mm2,
             },
         }
         return detections_frame(

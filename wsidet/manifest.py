@@ -1,0 +1,192 @@
+"""The manifest of an output folder: one row per slide, what was done and how.
+
+``manifest.parquet`` describes the folder's outputs, not the last command: a slide whose
+outputs a run refused to replace keeps the row that describes them. It is read tolerantly
+(rows of older wsidet versions, or with unknown columns, still load) and written atomically,
+at most every few seconds during a run and once at its end, because outputs, not the
+manifest, are the authority on what is done (see :mod:`wsidet.resume`): a manifest that lags
+behind after a crash costs nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from wsidet._version import __version__
+from wsidet.io import atomic_path
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+MANIFEST = "manifest.parquet"
+#: Seconds between manifest writes during a run (rewriting it after every slide of a
+#: cohort of thousands would cost time quadratic in the cohort).
+WRITE_INTERVAL = 10.0
+
+
+@dataclass(frozen=True)
+class SlideResult:
+    """The outcome for one slide (a manifest row).
+
+    Attributes
+    ----------
+    path : str
+        The slide file as given.
+    slide_id : str
+        Its file name without extension; names its outputs.
+    status : str
+        ``"done"`` or ``"failed"``.
+    n_points : int
+    seconds : float
+        Wall time from the slide's start to its outputs being written (on a cluster this
+        includes time queued behind other slides).
+    error : str
+        One line, for failed slides.
+    method, weights_hash, params : str
+        How the points were made (params as sorted JSON).
+    output : str
+        The Parquet file name, relative to the folder.
+    processed_mpx : float
+        Working megapixels of the chunks processed.
+    area_mm2 : float
+        Area of those chunks (NaN when the pixel size is unknown).
+    tissue_mm2 : float
+        Tissue area found on the slide (NaN when not known).
+    totals : str
+        JSON of the method's totals (e.g. FCRN's count).
+    signature : str
+        JSON of the run signature the outputs carry (see :mod:`wsidet.resume`).
+    reused : bool
+        Done by an earlier run; this one found its outputs.
+    version : str
+        wsidet version that wrote the row.
+    finished : str
+        Local time the row was written.
+    """
+
+    path: str
+    slide_id: str
+    status: str
+    n_points: int = 0
+    seconds: float = 0.0
+    error: str = ""
+    method: str = ""
+    weights_hash: str = ""
+    params: str = ""
+    output: str = ""
+    processed_mpx: float = 0.0
+    area_mm2: float = float("nan")
+    tissue_mm2: float = float("nan")
+    totals: str = "{}"
+    signature: str = ""
+    reused: bool = False
+    version: str = __version__
+    finished: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(SlideResult)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """A manifest cell as the field's type; missing or unreadable cells become the default."""
+    spec = _FIELDS[name]
+    default = spec.default if spec.default is not dataclasses.MISSING else None
+    if spec.default_factory is not dataclasses.MISSING:
+        default = spec.default_factory()
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return default
+    kind = {"n_points": int, "seconds": float, "processed_mpx": float, "area_mm2": float,
+            "tissue_mm2": float, "reused": bool}.get(name, str)  # fmt: skip
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def read_manifest(out: str | os.PathLike[str]) -> pd.DataFrame | None:
+    """The manifest of an output folder as a DataFrame, if there is one."""
+    import pandas as pd
+
+    path = Path(out) / MANIFEST
+    return pd.read_parquet(path) if path.is_file() else None
+
+
+def load_rows(out: str | os.PathLike[str]) -> dict[str, SlideResult]:
+    """Manifest rows by slide id; rows without a slide id are dropped, unknown columns ignored.
+
+    An unreadable manifest reads as empty: outputs carry what resuming needs.
+    """
+    try:
+        frame = read_manifest(out)
+    except (OSError, ValueError):
+        return {}
+    rows: dict[str, SlideResult] = {}
+    if frame is None:
+        return rows
+    for record in frame.to_dict("records"):
+        slide_id = _coerce("slide_id", record.get("slide_id", record.get("slide")))
+        if not slide_id:
+            continue
+        values = {name: _coerce(name, record.get(name)) for name in _FIELDS}
+        values["slide_id"] = slide_id
+        values["path"] = values["path"] or str(record.get("slide") or slide_id)
+        values["status"] = values["status"] or "failed"
+        rows[slide_id] = SlideResult(**values)
+    return rows
+
+
+class ManifestWriter:
+    """Keeps a folder's manifest rows and writes them, atomically and not too often.
+
+    Parameters
+    ----------
+    out : path
+        The output folder.
+    rows : dict, optional
+        Rows already there (from :func:`load_rows`).
+    interval : float
+        Minimum seconds between writes, except forced ones.
+
+    Notes
+    -----
+    Nothing is written while no row is ``done``: a run in which every slide failed leaves
+    no folder behind (the errors reach the caller).
+    """
+
+    def __init__(
+        self,
+        out: str | os.PathLike[str],
+        rows: dict[str, SlideResult] | None = None,
+        *,
+        interval: float = WRITE_INTERVAL,
+    ) -> None:
+        self.out = Path(out)
+        self.rows = dict(rows or {})
+        self.interval = interval
+        self._written = -math.inf
+        self._dirty = False
+
+    def put(self, result: SlideResult) -> None:
+        """Set a slide's row, writing the manifest if the interval has passed."""
+        self.rows[result.slide_id] = result
+        self._dirty = True
+        if time.monotonic() - self._written >= self.interval:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the manifest now if anything changed (and some slide is done)."""
+        import pandas as pd
+
+        if not self._dirty or not any(r.status == "done" for r in self.rows.values()):
+            return
+        frame = pd.DataFrame([dataclasses.asdict(r) for r in self.rows.values()])
+        with atomic_path(self.out / MANIFEST, overwrite=True) as tmp:
+            frame.to_parquet(tmp, index=False)
+        self._written = time.monotonic()
+        self._dirty = False
