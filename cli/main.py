@@ -16,7 +16,7 @@ from typing import Any
 
 from wsidet._version import __version__
 
-from .args import formats_arg, parse_params, positive_float, positive_int
+from .args import formats_arg, non_negative_int, parse_params, positive_float, positive_int
 from .training import add_parsers as add_training_parsers
 from .training import cmd_evaluate, cmd_train
 
@@ -79,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=positive_int, help="local cluster worker processes")
     run.add_argument("--threads-per-worker", type=positive_int)
     run.add_argument(
-        "--gpus", type=int, default=0, help="GPUs on a local cluster (one worker each)"
+        "--gpus",
+        type=non_negative_int,
+        help="GPUs on a local cluster, one worker each (default: all CUDA devices present)",
     )
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     run.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -132,15 +134,29 @@ class _Bars:
         self.slides.close()
 
 
-def _slide_line(result: Any) -> str:
-    area = result.area_mm2
-    area_text = f"{area:.2f} mm² tissue" if area == area else f"{result.processed_mpx:.1f} Mpx"
-    rate = result.processed_mpx / result.seconds if result.seconds > 0 else float("inf")
+def _slide_line(result: Any, outputs: Sequence[Any]) -> str:
+    files = ", ".join(str(p) for p in outputs)
     totals = "".join(f" | {k} {v:.1f}" for k, v in json.loads(result.totals).items())
+    if result.reused:
+        return f"{result.slide_id}: {result.n_points} nuclei{totals} | already done -> {files}"
+    tissue = result.tissue_mm2
+    area = f"{tissue:.2f} mm² tissue" if tissue == tissue else f"{result.processed_mpx:.1f} Mpx"
+    rate = result.processed_mpx / result.seconds if result.seconds > 0 else 0.0
     return (
-        f"{result.slide_id}: {result.n_points} nuclei{totals} | {area_text} processed | "
-        f"{result.seconds:.1f} s | {rate:.1f} Mpx/s -> {result.output}"
+        f"{result.slide_id}: {result.n_points} nuclei{totals} | {area} | "
+        f"{result.seconds:.1f} s | {rate:.1f} Mpx/s -> {files}"
     )
+
+
+def _gpus(args: argparse.Namespace, cluster: str) -> int:
+    """GPUs for a local cluster: as asked, else every CUDA device unless the CPU is asked for."""
+    if args.gpus is not None or cluster != "local":
+        return int(args.gpus or 0)
+    if args.device is not None and args.device.startswith("cpu"):
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -155,16 +171,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     import geopandas  # noqa: F401
     import torch  # noqa: F401
 
+    from wsidet.io import output_paths
+
     cluster = args.cluster
     if cluster == "auto":
         cluster = "local" if len(slides) > 1 or args.workers or args.gpus else "none"
+    gpus = _gpus(args, cluster)
     client, gpu_resource = None, None
     if cluster != "none":
         client, gpu_resource = start_client(
             cluster,
             workers=args.workers,
             threads_per_worker=args.threads_per_worker,
-            gpus=args.gpus,
+            gpus=gpus,
         )
     bars = _Bars(len(slides), quiet=args.quiet)
     several = len(slides) > 1
@@ -172,7 +191,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     def on_slide(result: Any, finished: int, total: int) -> None:
         bars.slides.update(1)
         if result.status == "done":
-            bars.write(_slide_line(result) + (" (already done)" if result.reused else ""))
+            outputs = output_paths(args.out, result.slide_id, ["parquet", *args.format])
+            bars.write(_slide_line(result, list(outputs.values())))
         else:
             prefix = f"{result.path}: " if several else ""
             bars.write(f"wsidet: error: {prefix}{result.error}", error=True)
@@ -188,7 +208,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             weights=weights,
             client=client,
             chunk=args.chunk,
-            device=args.device or ("cuda" if args.gpus else None),
+            device=args.device or ("cuda" if gpus else None),
             tile=args.tile,
             batch_size=args.batch_size,
             tissue=not args.no_tissue,
@@ -272,6 +292,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TIFFSLIDE_NUM_DECODE_THREADS", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.debug:
+        # Worker processes write to our stderr, and distributed sets up their logging (and,
+        # when imported, this process's) from dask's config. A failed task is a slide's
+        # failure, which we report in one line; distributed would add its own ERROR report
+        # and traceback, tifffile its warnings about what it repairs or rejects.
+        levels = {"DISTRIBUTED": "critical", "TIFFFILE": "error", "TIFFSLIDE": "error"}
+        for name, level in levels.items():
+            os.environ.setdefault(f"DASK_LOGGING__{name}", level)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="wsidet: %(levelname)s: %(message)s",

@@ -90,11 +90,41 @@ def test_spec_is_a_picklable_cache_key(tmp_path: Path) -> None:
     assert spec.weights_hash is None
 
 
+def test_threads_share_one_resident_detector(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads of a worker arriving before the model is cached still get one model."""
+    import threading
+    import time
+
+    from wsidet import engine
+
+    built = []
+    real = engine.Detector
+
+    class SlowDetector(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            time.sleep(0.2)  # widen the window in which threads race for the cache
+            built.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "Detector", SlowDetector)
+    engine.clear_resident_detectors()
+    spec = DetectorSpec(get_method("log", threshold=0.123), device="cpu")
+    got: list[object] = []
+    threads = [threading.Thread(target=lambda: got.append(spec.get())) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    engine.clear_resident_detectors()
+    assert len(built) == 1 and len({id(d) for d in got}) == 1
+
+
 def test_devices() -> None:
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(DeviceError, match="device must be"):
-        resolve_device("tpu-please")
+    for name in ("tpu-please", "mps", "meta", "cpu:1"):
+        with pytest.raises(DeviceError, match="device must be 'cpu', 'cuda' or 'cuda:N'"):
+            resolve_device(name)
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="no CUDA device"):
             resolve_device("cuda")

@@ -1,10 +1,12 @@
 """Getting a dask cluster to run a cohort on: a local one sized to the machine, or an existing one.
 
 ``start_client("local")`` starts worker processes on this machine: with GPUs, one worker per
-GPU (dask-cuda's ``LocalCUDACluster`` when installed; plain ``LocalCluster`` for one GPU), each
-with the worker resource ``GPU=1`` that chunk tasks ask for; without, a few workers sharing the
-cores. ``start_client("tcp://host:8786")`` connects to a running scheduler. Either way a worker
-plugin sets JPEG decoding single-threaded per dask thread (more would oversubscribe the cores).
+GPU, each seeing only its own device (``CUDA_VISIBLE_DEVICES``) and offering the worker
+resource ``GPU=1`` that chunk tasks ask for (dask-cuda's ``LocalCUDACluster`` when installed,
+which also pins each worker to the CPU cores near its GPU; otherwise one nanny per GPU);
+without, a few workers sharing the cores. ``start_client("tcp://host:8786")`` connects to a
+running scheduler. Either way a worker plugin sets JPEG decoding single-threaded per dask thread
+(more would oversubscribe the cores).
 
 Local worker processes get two environment settings before they start (dask's nanny applies
 them at every spawn, restarts included), both measured to matter for inference:
@@ -23,8 +25,10 @@ Remote clusters keep their own settings: start their workers with the same envir
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from distributed import WorkerPlugin
@@ -73,6 +77,33 @@ def worker_environment(threads: int) -> dict[str, str]:
     return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, **HEAP_ENV}
 
 
+@contextlib.contextmanager
+def spawning(threads: int) -> Iterator[None]:
+    """Worker processes started inside get :func:`worker_environment` before they start.
+
+    distributed's nanny copies its pre-spawn variables into this (the driver's) environment
+    and, for the next cluster, prefers the driver's variables to its configuration: the
+    first cluster's values would win for every later one. So the variables are set here too
+    while workers spawn, and restored afterwards.
+    """
+    import dask
+
+    wanted = worker_environment(threads)
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
+    environ.update(wanted)
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 class WorkerSetup(WorkerPlugin):
     """Worker plugin: per-process settings applied once when a worker starts."""
 
@@ -117,35 +148,21 @@ def start_client(
     Raises
     ------
     ClusterError
-        The scheduler cannot be reached, or several GPUs are asked for without dask-cuda.
+        The scheduler cannot be reached, or more GPUs are asked for than are visible.
     """
-    import dask
     from distributed import Client, LocalCluster
 
-    def spawning(threads: int) -> Any:
-        environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
-        environ.update(worker_environment(threads))
-        return dask.config.set({"distributed.nanny.pre-spawn-environ": environ})
-
     cores = available_cores()
+    if gpus < 0:
+        raise ClusterError(f"gpus must be >= 0, got {gpus}")
     if address == "local":
         if gpus > 0:
             threads = threads_per_worker or max(1, cores // gpus)
             try:
                 from dask_cuda import LocalCUDACluster  # type: ignore[import-not-found]
             except ImportError:
-                if gpus > 1:
-                    raise ClusterError(
-                        f"{gpus} GPUs on one node need dask-cuda (pip install dask-cuda) to "
-                        "give each worker its own GPU"
-                    ) from None
                 with spawning(threads):
-                    cluster: Any = LocalCluster(
-                        n_workers=1,
-                        threads_per_worker=threads,
-                        processes=processes,
-                        resources={GPU_RESOURCE: 1},
-                    )
+                    cluster: Any = gpu_cluster(gpus, threads)
             else:
                 with spawning(threads):
                     cluster = LocalCUDACluster(
@@ -167,6 +184,49 @@ def start_client(
     info = client.scheduler_info().get("workers", {})
     has_gpu = any(GPU_RESOURCE in w.get("resources", {}) for w in info.values())
     return client, GPU_RESOURCE if has_gpu else None
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use (``CUDA_VISIBLE_DEVICES``, else 0 .. count - 1)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def gpu_cluster(gpus: int, threads: int, *, dashboard_address: str = ":8787") -> Any:
+    """A local cluster of one worker process per GPU, without dask-cuda.
+
+    Each worker's nanny starts it with ``CUDA_VISIBLE_DEVICES`` set to its one GPU (so
+    ``cuda`` in that worker is its own device) and offers ``GPU=1``.
+
+    Raises
+    ------
+    ClusterError
+        More GPUs asked for than this process can see.
+    """
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    ids = visible_gpus()
+    if gpus > len(ids):
+        raise ClusterError(f"{gpus} GPUs asked for, but {len(ids)} are visible ({ids})")
+    workers = {
+        f"gpu-{device}": {
+            "cls": Nanny,
+            "options": {
+                "nthreads": threads,
+                "resources": {GPU_RESOURCE: 1},
+                "env": {"CUDA_VISIBLE_DEVICES": device},
+            },
+        }
+        for device in ids[:gpus]
+    }
+    return SpecCluster(
+        scheduler={"cls": Scheduler, "options": {"dashboard_address": dashboard_address}},
+        workers=workers,
+    )
 
 
 def close_client(client: Any) -> None:

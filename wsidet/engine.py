@@ -60,7 +60,9 @@ def resolve_device(device: str | None = None) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise DeviceError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+        dev = None
+    if dev is None or dev.type not in {"cpu", "cuda"} or (dev.type == "cpu" and dev.index):
+        raise DeviceError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise DeviceError("device 'cuda' was requested but no CUDA device is available")
@@ -385,17 +387,25 @@ class DetectorSpec:
     amp: bool | None = None
 
     def get(self) -> Detector:
-        """The resident detector for this spec in the current process (built on first use)."""
+        """The resident detector for this spec in the current process (built on first use).
+
+        Threads of a dask worker asking at once wait for the one that builds it: a process
+        holds one model per spec, not one per thread that arrived before it was cached.
+        """
         stamp = None
         if self.weights is not None and os.path.isfile(self.weights):
             st = os.stat(self.weights)
             stamp = (st.st_size, st.st_mtime_ns)
-        return _resident_detector(self, stamp)
+        with _RESIDENT_LOCK:
+            return _resident_detector(self, stamp)
 
     @property
     def weights_hash(self) -> str | None:
         """Content hash of the weights file (None without weights)."""
         return weights_hash(self.weights) if self.weights else None
+
+
+_RESIDENT_LOCK = threading.Lock()
 
 
 @functools.lru_cache(maxsize=4)
@@ -413,4 +423,5 @@ def _resident_detector(spec: DetectorSpec, stamp: tuple[int, int] | None) -> Det
 
 def clear_resident_detectors() -> None:
     """Drop this process's cached detectors (frees their device memory)."""
-    _resident_detector.cache_clear()
+    with _RESIDENT_LOCK:
+        _resident_detector.cache_clear()
