@@ -25,7 +25,7 @@ def main() -> None:
     from wsidet.engine import Detector
     from wsidet.evaluate import Predictions, evaluate_predictions, predict
     from wsidet.pipeline import detect_slide
-    from wsidet.train.dataset import load_source
+    from wsidet.train.dataset import load_sources
     from wsidet.train.sources import find_pairs
     from wsidet.weights import bundled_methods, bundled_weights, method_from_weights
 
@@ -41,8 +41,9 @@ def main() -> None:
         started = time.perf_counter()
         detector = Detector(method, weights=weights, device=args.device)
         sources = [
-            load_source(p, method, one_based=True)
+            s
             for p in find_pairs(DATA / "images", DATA / "detection")
+            for s in load_sources(p, method, one_based=True)
         ]
         predictions = predict(detector, sources)
         held_out = set(record["data"]["validation"]["sources"])

@@ -44,7 +44,7 @@ def run_draw(name: str, draw: int, out: Path, args: argparse.Namespace) -> dict[
     from wsidet.evaluate import evaluate_predictions, predict
     from wsidet.methods import get_method
     from wsidet.train.augment import Augment
-    from wsidet.train.dataset import load_source
+    from wsidet.train.dataset import load_sources
     from wsidet.train.loop import TrainConfig, train
     from wsidet.train.sources import find_pairs, select_fold
     from wsidet.weights import method_from_weights
@@ -57,7 +57,7 @@ def run_draw(name: str, draw: int, out: Path, args: argparse.Namespace) -> dict[
     fit, val = chosen[:N_TRAIN], chosen[N_TRAIN:]
 
     def load(items: list[Any]) -> list[Any]:
-        return [load_source(p, method) for p in items]
+        return [s for p in items for s in load_sources(p, method)]
 
     result = train(
         method,

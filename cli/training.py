@@ -101,7 +101,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from wsidet.errors import WeightsError
     from wsidet.methods import get_method
     from wsidet.train.augment import Augment
-    from wsidet.train.dataset import load_source
+    from wsidet.train.dataset import load_sources
     from wsidet.train.loop import TrainConfig, train
     from wsidet.weights import bundled_weights, method_from_weights
 
@@ -157,8 +157,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     result = train(
         method,
-        [load_source(p, method, **load) for p in train_pairs],
-        [load_source(p, method, **load) for p in val_pairs],
+        [s for p in train_pairs for s in load_sources(p, method, **load)],
+        [s for p in val_pairs for s in load_sources(p, method, **load)],
         config,
         args.out,
         resume=args.resume,
@@ -181,7 +181,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from wsidet.engine import Detector
     from wsidet.evaluate import evaluate_predictions, predict, sweep, write_pr_curve
-    from wsidet.train.dataset import load_source
+    from wsidet.train.dataset import load_sources
     from wsidet.weights import bundled_weights, method_from_weights
 
     weights = args.weights or (bundled_weights(args.method) if args.method else None)
@@ -190,7 +190,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     method = method_from_weights(weights, args.method, **parse_params(args.param))
     pairs = _pairs(args)
     sources = [
-        load_source(p, method, one_based=args.one_based, image_mpp=args.image_mpp) for p in pairs
+        s
+        for p in pairs
+        for s in load_sources(p, method, one_based=args.one_based, image_mpp=args.image_mpp)
     ]
     detector = Detector(method, weights=weights, device=args.device)
     predictions = predict(detector, sources)

@@ -10,6 +10,7 @@ reproducible whatever the number of data-loading workers.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from wsidet.methods.base import Method
 from wsidet.resample import resample_weights, resample_window, resampled_size
 from wsidet.slide import Scale, Slide, open_slide
 from wsidet.train.augment import Augment, dihedral
-from wsidet.train.sources import SLIDE_SUFFIXES, Annotated, read_points
+from wsidet.train.sources import SLIDE_SUFFIXES, Annotated, AnnotationError, read_annotations
 
 
 class Source(Protocol):
@@ -109,6 +110,121 @@ def _read_image(path: Path) -> npt.NDArray[np.uint8]:
         return np.array(im.convert("RGB"), np.uint8)  # a writable copy (torch wants one)
 
 
+@dataclass(frozen=True, eq=False)
+class Window:
+    """A box of another source: an annotated region of a slide or image.
+
+    Points are those inside the box (an annotator marks the nuclei of the region, not the
+    ones around it), shifted to the box's origin.
+    """
+
+    key: str
+    source: Source
+    box: tuple[int, int, int, int]  # (y0, x0, y1, x1), half-open, in working pixels
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Size of the box (rows, cols)."""
+        y0, x0, y1, x1 = self.box
+        return y1 - y0, x1 - x0
+
+    @functools.cached_property
+    def points_yx(self) -> npt.NDArray[np.float64]:
+        """Annotated centres inside the box, in its pixels."""
+        y0, x0, y1, x1 = self.box
+        pts = self.source.points_yx - np.array([y0, x0], np.float64)
+        pixel = np.floor(pts + 0.5)
+        inside = (pixel >= 0).all(axis=1) & (pixel < np.array([y1 - y0, x1 - x0])).all(axis=1)
+        return pts[inside]
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> npt.NDArray[np.uint8]:
+        """A window of the box."""
+        oy, ox = self.box[:2]
+        return self.source.read(y0 + oy, y1 + oy, x0 + ox, x1 + ox)
+
+
+#: Around the points of a slide without drawn regions, patches may reach this far (working px).
+POINT_MARGIN = 64
+
+
+def _boxes(
+    regions: npt.NDArray[np.float64], shape: tuple[int, int]
+) -> list[tuple[int, int, int, int]]:
+    """Pixel-index boxes as whole pixels inside an image of ``shape``, empty ones dropped."""
+    h, w = shape
+    out = []
+    for y0, x0, y1, x1 in regions:
+        box = (
+            max(0, math.floor(y0 + 0.5)),
+            max(0, math.floor(x0 + 0.5)),
+            min(h, math.ceil(y1 + 0.5)),
+            min(w, math.ceil(x1 + 0.5)),
+        )
+        if box[2] > box[0] and box[3] > box[1]:
+            out.append(box)
+    return out
+
+
+def load_sources(
+    item: Annotated,
+    method: Method,
+    *,
+    one_based: bool = False,
+    image_mpp: float | None = None,
+) -> list[Source]:
+    """The annotated areas of an image or slide, at ``method.mpp``, as training sources.
+
+    TIFF-based files (SVS, TIFF, OME-TIFF) are read lazily through
+    :class:`~wsidet.slide.Slide` at the method's scale, exactly as inference reads them; their
+    pixel size is the file's, else ``image_mpp``, else the method's. PNG/JPEG images are loaded
+    into memory; they are taken to be at the method's pixel size unless ``image_mpp`` says
+    otherwise, in which case they are resampled as slide chunks are.
+
+    Regions drawn in the annotation file (GeoJSON polygons, e.g. QuPath annotations) become
+    one source each, so patches and evaluation stay where nuclei were marked. A slide without
+    regions is limited to the box around its points (grown by :data:`POINT_MARGIN`): the rest
+    of a slide is not annotated, and neither background nor unmarked nuclei. An image without
+    regions is used whole.
+    """
+    notes = read_annotations(item.points, one_based=one_based)
+    points, regions = notes.points_yx, notes.regions
+    whole: Source
+    if item.image.suffix.lower() in SLIDE_SUFFIXES:
+        slide = open_slide(item.image, mpp=image_mpp)
+        if slide.mpp is None:
+            slide = open_slide(item.image, mpp=method.mpp)
+        scale = slide.scale_for_mpp(method.mpp)
+        whole = SlideSource(item.key, slide, scale, level0_to_working(points, scale))
+        corners = level0_to_working(regions.reshape(-1, 2), scale).reshape(-1, 4)
+        if not len(corners) and len(points):
+            pts = whole.points_yx
+            corners = np.concatenate([pts.min(0) - POINT_MARGIN, pts.max(0) + POINT_MARGIN])
+        boxes = _boxes(corners.reshape(-1, 4), whole.shape)
+        if not boxes:
+            raise AnnotationError(
+                f"{str(item.points)!r} marks no point and no region inside {item.image.name}"
+            )
+    else:
+        image = _read_image(item.image)
+        factor = 1.0
+        if image_mpp is not None and abs(method.mpp / image_mpp - 1) > 1e-6:
+            factor = method.mpp / image_mpp
+            h, w = image.shape[:2]
+            oh, ow = resampled_size(h, factor), resampled_size(w, factor)
+            _, _, wy = resample_weights(0, oh, factor, h)
+            _, _, wx = resample_weights(0, ow, factor, w)
+            image = resample_window(image, wy, wx)
+            points = (points + 0.5) / factor - 0.5
+        whole = ImageSource(item.key, image, points)
+        corners = (regions.reshape(-1, 2) + 0.5) / factor - 0.5
+        boxes = _boxes(corners.reshape(-1, 4), whole.shape)
+        if not len(regions):
+            return [whole]
+    if len(boxes) == 1 and boxes[0] == (0, 0, *whole.shape):
+        return [whole]
+    return [Window(f"{item.key}#{i}", whole, box) for i, box in enumerate(boxes)]
+
+
 def load_source(
     item: Annotated,
     method: Method,
@@ -116,31 +232,19 @@ def load_source(
     one_based: bool = False,
     image_mpp: float | None = None,
 ) -> Source:
-    """Open an annotated image or slide at ``method.mpp``.
+    """The one source of an image or slide (see :func:`load_sources`).
 
-    TIFF-based files (SVS, TIFF, OME-TIFF) are read lazily through
-    :class:`~wsidet.slide.Slide` at the method's scale, exactly as inference reads them; their
-    pixel size is the file's, else ``image_mpp``, else the method's. PNG/JPEG images are loaded
-    into memory; they are taken to be at the method's pixel size unless ``image_mpp`` says
-    otherwise, in which case they are resampled as slide chunks are.
+    Raises
+    ------
+    AnnotationError
+        The file draws several regions (use :func:`load_sources`).
     """
-    points = read_points(item.points, one_based=one_based)
-    if item.image.suffix.lower() in SLIDE_SUFFIXES:
-        slide = open_slide(item.image, mpp=image_mpp)
-        if slide.mpp is None:
-            slide = open_slide(item.image, mpp=method.mpp)
-        scale = slide.scale_for_mpp(method.mpp)
-        return SlideSource(item.key, slide, scale, level0_to_working(points, scale))
-    image = _read_image(item.image)
-    if image_mpp is not None and abs(method.mpp / image_mpp - 1) > 1e-6:
-        factor = method.mpp / image_mpp
-        h, w = image.shape[:2]
-        oh, ow = resampled_size(h, factor), resampled_size(w, factor)
-        _, _, wy = resample_weights(0, oh, factor, h)
-        _, _, wx = resample_weights(0, ow, factor, w)
-        image = resample_window(image, wy, wx)
-        points = (points + 0.5) / factor - 0.5
-    return ImageSource(item.key, image, points)
+    sources = load_sources(item, method, one_based=one_based, image_mpp=image_mpp)
+    if len(sources) != 1:
+        raise AnnotationError(
+            f"{str(item.points)!r} has {len(sources)} regions; use load_sources()"
+        )
+    return sources[0]
 
 
 class PointDataset(torch.utils.data.Dataset[tuple[torch.Tensor, dict[str, torch.Tensor]]]):
