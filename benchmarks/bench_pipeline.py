@@ -45,10 +45,11 @@ def main() -> None:
 
     from wsidet.engine import DetectorSpec
     from wsidet.io import write_detections
-    from wsidet.methods import DEFAULT_METHOD, get_method
+    from wsidet.methods import DEFAULT_METHOD
     from wsidet.pipeline import detect_slide, tissue_blocks
     from wsidet.slide import open_slide
     from wsidet.tiling import DEFAULT_CHUNK, Grid
+    from wsidet.weights import resolve_method
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("slide", type=Path)
@@ -64,7 +65,8 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    method = get_method(args.method)
+    # As `wsidet run` does: a trainable method without --weights uses its bundled weights.
+    method, weights = resolve_method(args.method, args.weights)
     slide = open_slide(args.slide)
     scale = slide.scale_for_mpp(method.mpp)
     grid = Grid.aligned(
@@ -81,7 +83,11 @@ def main() -> None:
     )
 
     spec = DetectorSpec(
-        method, weights=args.weights, device=args.device, tile=args.tile, batch_size=args.batch_size
+        method,
+        weights=str(weights) if weights else None,
+        device=args.device,
+        tile=args.tile,
+        batch_size=args.batch_size,
     )
     detector = spec.get()
     sample = blocks[: args.stage_chunks]
@@ -120,7 +126,7 @@ def main() -> None:
             frame = detect_slide(
                 slide,
                 method,
-                weights=args.weights,
+                weights=weights,
                 chunk=args.chunk,
                 device=args.device,
                 tile=args.tile,
