@@ -157,6 +157,31 @@ def test_resume_skips_finished_slides_and_retries_failed_ones(cohort, reference,
     assert manifest.loc["s0", "n_points"] == len(reference["s0"])
 
 
+def test_resume_after_an_interrupt_on_a_cluster(cohort, reference, client, tmp_path) -> None:
+    """Ctrl-C after the first slide, then the same command: only the rest is computed."""
+    finished: list[str] = []
+
+    def interrupt(result, done: int, total: int) -> None:
+        finished.append(result.slide_id)
+        if result.status == "done":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_cohort(
+            [cohort], tmp_path, method=METHOD, client=client,
+            progress=CohortProgress(on_slide=interrupt), **OPTIONS,
+        )  # fmt: skip
+    first = next(s for s in finished if s != "broken")
+    stamp = (tmp_path / f"{first}.parquet").stat().st_mtime_ns
+    # The manifest written on the way out names the finished slide.
+    assert read_manifest(tmp_path).set_index("slide_id").loc[first, "status"] == "done"
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+    summary = run_cohort([cohort], tmp_path, method=METHOD, client=client, **OPTIONS)
+    assert (summary.done, summary.failed, summary.reused) == (3, 1, 1)
+    assert (tmp_path / f"{first}.parquet").stat().st_mtime_ns == stamp
+    assert_outputs_match(tmp_path, reference)
+
+
 def test_rerun_checks_what_made_the_outputs(cohort, reference, tmp_path) -> None:
     """Outputs are reused only for the same slide content and settings; gaps are filled."""
     out = tmp_path / "out"
