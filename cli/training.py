@@ -71,8 +71,13 @@ def add_parsers(sub: Any) -> None:
     )
     train.add_argument("-q", "--quiet", action="store_true")
 
-    evaluate = sub.add_parser("evaluate", help="score weights against annotated images")
-    evaluate.add_argument("--weights", help="trained weights (default: the method's bundled ones)")
+    evaluate = sub.add_parser(
+        "evaluate", help="score a method (its weights) against annotated images"
+    )
+    evaluate.add_argument(
+        "--weights",
+        help="trained weights (default: the method's bundled ones; none for untrained methods)",
+    )
     evaluate.add_argument("--method", help="method (default: the one the weights name)")
     add_data_arguments(evaluate)
     evaluate.add_argument(
@@ -149,7 +154,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.quiet:
             mark = " *" if log.improved else ""
             print(
-                f"epoch {log.epoch:3d}  loss {log.loss:.4f}  val F1 {log.val_f1:.4f} "
+                f"epoch {log.epoch:3d}  lr {log.lr:.2e}  loss {log.loss:.4f}  "
+                f"val F1 {log.val_f1:.4f} "
                 f"(P {log.val_precision:.3f} R {log.val_recall:.3f} at {log.threshold:.4g})  "
                 f"{log.seconds:.0f} s{mark}",
                 flush=True,
@@ -169,6 +175,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             "points": str(args.points),
             "split": args.split,
             "fold": args.fold,
+            # How the points were read: a record without them cannot be reproduced.
+            "one_based": args.one_based,
+            "image_mpp": args.image_mpp,
             "validation_keys": [p.key for p in val_pairs],
         },
     )
@@ -180,14 +189,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from wsidet.engine import Detector
+    from wsidet.errors import WeightsError
     from wsidet.evaluate import evaluate_predictions, predict, sweep, write_pr_curve
+    from wsidet.io import atomic_path
     from wsidet.train.dataset import load_sources
-    from wsidet.weights import bundled_weights, method_from_weights
+    from wsidet.weights import resolve_method
 
-    weights = args.weights or (bundled_weights(args.method) if args.method else None)
-    if weights is None:
-        raise ValueError("give --weights (or a --method with bundled weights)")
-    method = method_from_weights(weights, args.method, **parse_params(args.param))
+    if args.weights is None and args.method is None:
+        raise ValueError("give --weights, or a --method (with --param to set its parameters)")
+    # Weights fix the method; a trainable method alone gets its bundled weights; a method with
+    # nothing to train runs as its parameters say.
+    method, weights = resolve_method(args.method, args.weights, **parse_params(args.param))
+    if method.trainable and weights is None:
+        raise WeightsError(
+            f"method {method.name!r} needs trained weights and wsidet ships none: give --weights"
+        )
     pairs = _pairs(args)
     sources = [
         s
@@ -198,9 +214,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     predictions = predict(detector, sources)
     report: dict[str, Any] = {
         "method": method.name,
-        "weights": str(weights),
+        "params": method.params(),
+        "weights": None if weights is None else str(weights),
         "threshold": {method.threshold_param: getattr(method, method.threshold_param)},
         "images": len(sources),
+        "data": {
+            "images": str(args.images),
+            "points": str(args.points),
+            "split": args.split,
+            "fold": args.fold,
+            "one_based": args.one_based,
+            "image_mpp": args.image_mpp,
+        },
         "radii": {},
     }
     results = {}
@@ -224,6 +249,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             title=f"{method.name}, {radius:g} px (circle: the weights' threshold)",
             marks={method.name: results[radius]},
         )
-        (out / "evaluation.json").write_text(json.dumps(report, indent=2, default=str))
+        with atomic_path(out / "evaluation.json", overwrite=True) as tmp:
+            tmp.write_text(json.dumps(report, indent=2, default=str))
         print(f"wrote {out / 'evaluation.json'} and {out / 'pr.png'}")
     return EXIT_OK

@@ -18,7 +18,18 @@ def test_the_default_runs_without_a_weights_argument() -> None:
     method, weights = resolve_method()
     assert method.name == DEFAULT_METHOD
     if method_class(DEFAULT_METHOD).trainable:
-        assert weights == bundled_weights(DEFAULT_METHOD)
+        # A trainable default without shipped weights would fail on every plain `wsidet run`.
+        assert DEFAULT_METHOD in bundled_methods()
+        assert weights is not None and weights == bundled_weights(DEFAULT_METHOD)
+        Detector(method, weights=weights, device="cpu")
+    else:
+        assert weights is None
+
+
+def test_some_weights_ship() -> None:
+    # The test below is parametrised over these: with none it would pass by running nothing.
+    assert bundled_methods()
+    assert all(bundled_weights(name) is not None for name in bundled_methods())
 
 
 def test_bundled_weights_stay_small() -> None:

@@ -269,7 +269,9 @@ def write_pr_curve(
         bx, by = to_px(mark.scores.recall, mark.scores.precision)
         draw.ellipse([bx - 4, by - 4, bx + 4, by + 4], outline=colour, width=2)
         draw.text((x0 + 10, y0 + 10 + 16 * i), f"{label}  F1 {mark.scores.f1:.3f}", fill=colour)
+    from wsidet.io import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    with atomic_path(path, overwrite=True) as tmp:
+        image.save(tmp, format="PNG")
     return path

@@ -3,9 +3,10 @@
 ``NAME.safetensors`` holds the network's tensors and, in its header metadata, the method name and
 all its parameters (the decoding threshold chosen on validation data among them), so that
 ``wsidet run --weights NAME.safetensors`` rebuilds exactly the method the weights belong to.
-``NAME.json`` records the training: data, configuration, metrics, git commit, versions.
-``state.pt`` holds what resuming needs (optimiser, scheduler, epoch, history); it contains only
-tensors and plain values and is read with ``torch.load(weights_only=True)``.
+``NAME.json`` records the training: data, configuration, metrics, git commit (and whether the
+checkout had uncommitted changes), versions.
+``state.pt`` holds what resuming needs (network, optimiser, AMP scaler, epoch, history); it
+contains only tensors and plain values and is read with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -22,13 +23,17 @@ from wsidet._version import __version__
 from wsidet.io import atomic_path
 from wsidet.methods.base import Method
 
+#: The folder that holds the ``wsidet`` package: a git checkout's root in a development install.
+_SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
-def git_commit() -> str | None:
-    """The commit of the wsidet source tree, if it is a git checkout."""
-    root = Path(__file__).resolve().parents[2]
+
+def _git(*args: str) -> str | None:
+    """Output of a git command in the wsidet checkout; None without git or outside a checkout."""
     try:
+        # No optional locks: `git status` would otherwise refresh the index under a lock that
+        # a concurrent git command in the same checkout may be holding.
         out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            ["git", "--no-optional-locks", "-C", str(_SOURCE_ROOT), *args],
             capture_output=True,
             text=True,
             timeout=5,
@@ -36,7 +41,36 @@ def git_commit() -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return out.stdout
+
+
+def _in_checkout() -> bool:
+    """Whether wsidet's source is itself a git checkout.
+
+    An installed wsidet sits in ``site-packages``, which may lie inside some other repository
+    (a virtual environment in a project folder): that repository's commit says nothing about
+    wsidet's code.
+    """
+    top = _git("rev-parse", "--show-toplevel")
+    return top is not None and Path(top.strip()).resolve() == _SOURCE_ROOT
+
+
+def git_commit() -> str | None:
+    """The commit of the wsidet source tree, if it is a git checkout."""
+    out = _git("rev-parse", "HEAD") if _in_checkout() else None
+    return (out or "").strip() or None
+
+
+def git_dirty() -> bool | None:
+    """Whether the wsidet checkout has uncommitted changes to tracked files.
+
+    Returns
+    -------
+    bool or None
+        None when it cannot be told (no git, not a checkout, git failed).
+    """
+    out = _git("status", "--porcelain", "--untracked-files=no") if _in_checkout() else None
+    return None if out is None else bool(out.strip())
 
 
 def save_weights(network: torch.nn.Module, method: Method, path: str | Path) -> Path:
@@ -51,11 +85,16 @@ def save_weights(network: torch.nn.Module, method: Method, path: str | Path) -> 
 
 
 def save_record(record: dict[str, Any], path: str | Path) -> Path:
-    """Write the JSON record of a training run (atomically)."""
+    """Write the JSON record of a training run (atomically).
+
+    Versions, the git commit and whether the checkout was dirty are added; keys of ``record``
+    take precedence (a training loop passes the git state it started from).
+    """
     full = {
         "wsidet_version": __version__,
         "torch_version": torch.__version__,
         "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **record,
     }

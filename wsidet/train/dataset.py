@@ -325,10 +325,12 @@ class PointDataset(torch.utils.data.Dataset[tuple[torch.Tensor, dict[str, torch.
         y0 = int(rng.integers(0, max(1, h - size + 1)))
         x0 = int(rng.integers(0, max(1, w - size + 1)))
         window = source.read(y0, min(h, y0 + size), x0, min(w, x0 + size))
+        points = source.points_yx - np.array([y0, x0], np.float64)
         if window.shape[0] < size or window.shape[1] < size:
+            # A source smaller than the patch is mirrored to fill it, its nuclei with it.
+            points = _mirror_points(points, window.shape[:2], size)
             pad = ((0, size - window.shape[0]), (0, size - window.shape[1]), (0, 0))
             window = np.pad(window, pad, mode="symmetric")
-        points = source.points_yx - np.array([y0, x0], np.float64)
         if scale != 1.0:
             _, _, wy = resample_weights(0, self.patch, scale, size)
             _, _, wx = resample_weights(0, self.patch, scale, size)
@@ -339,6 +341,28 @@ class PointDataset(torch.utils.data.Dataset[tuple[torch.Tensor, dict[str, torch.
         margin = 64
         near = np.all((points > -margin) & (points < self.patch + margin), axis=1)
         return window, points[near]
+
+
+def _mirror_points(
+    points: npt.NDArray[np.float64], shape: tuple[int, int], size: int
+) -> npt.NDArray[np.float64]:
+    """The points of a window and their copies in its symmetric padding up to ``size``.
+
+    ``np.pad(mode="symmetric")`` repeats an axis of length ``n`` with period ``2 n``, every
+    other copy mirrored (index ``i`` there shows ``2 n - 1 - i``); copies just past ``size``
+    are kept because their targets reach into the patch.
+    """
+    for axis, n in enumerate(shape):
+        if n >= size:
+            continue
+        copies = []
+        for k in range(math.ceil(size / (2 * n)) + 1):
+            shifted, mirrored = points.copy(), points.copy()
+            shifted[:, axis] += 2 * n * k
+            mirrored[:, axis] = 2 * n * (k + 1) - 1 - points[:, axis]
+            copies += [shifted, mirrored]
+        points = np.concatenate(copies)
+    return points
 
 
 def collate(

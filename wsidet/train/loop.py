@@ -25,9 +25,10 @@ import torch
 
 from wsidet.engine import Detector, load_weights, resolve_device, weights_hash
 from wsidet.evaluate import choose_threshold, predict, write_pr_curve
+from wsidet.io import atomic_path
 from wsidet.methods.base import Method
 from wsidet.train.augment import Augment
-from wsidet.train.checkpoint import save_record, save_weights
+from wsidet.train.checkpoint import git_commit, git_dirty, save_record, save_weights
 from wsidet.train.dataset import PointDataset, Source, collate, describe
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,10 @@ class TrainConfig:
     batch_size : int
     patch : int
         Patch edge (rounded up to the method's stride).
-    lr, weight_decay : float
+    lr : float
+        Learning rate of the first epoch; it follows a cosine down to ``lr / 50`` at
+        ``epochs`` (see :func:`cosine_lr`).
+    weight_decay : float
     optimizer : str
         ``"adamw"`` or ``"sgd"`` (Nesterov momentum 0.9, as MicroNet's paper).
     patience : int
@@ -59,7 +63,8 @@ class TrainConfig:
     radius : float
         Matching radius for validation F1 (pixels at the method's scale).
     max_minutes : float, optional
-        Stop (after the current epoch) once this much time has passed.
+        Stop (after the current epoch) once the run has trained this long, counting the
+        epochs of every session of a resumed run.
     select_on : str
         What "better on validation" means: ``"f1"`` (detection, the default) or ``"count"``
         (lower mean absolute count error, for counting with FCRN's density integral).
@@ -88,6 +93,8 @@ class TrainConfig:
             raise ValueError(f"select_on must be 'f1' or 'count', got {self.select_on!r}")
         if min(self.epochs, self.samples_per_epoch, self.batch_size, self.patience) < 1:
             raise ValueError("epochs, samples_per_epoch, batch_size and patience must be >= 1")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,8 @@ class EpochLog:
     threshold: float
     seconds: float
     improved: bool
+    # Defaulted so that the histories of states written before it was recorded still load.
+    lr: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,21 @@ class TrainResult:
     best_epoch: int
     best_score: float
     history: list[EpochLog]
+
+
+#: The cosine ends at ``lr / LR_FLOOR``.
+LR_FLOOR = 50.0
+
+
+def cosine_lr(epoch: int, epochs: int, lr: float) -> float:
+    """Learning rate of ``epoch``: a cosine from ``lr`` at epoch 0 to ``lr / 50`` at ``epochs``.
+
+    A function of the epoch and the horizon only (no scheduler state), so a run resumed with a
+    larger ``epochs`` follows the new horizon from where it stands, as if it had been started
+    with it.
+    """
+    floor = lr / LR_FLOOR
+    return floor + (lr - floor) * (1 + math.cos(math.pi * epoch / epochs)) / 2
 
 
 def _seed_everything(seed: int) -> None:
@@ -150,7 +174,9 @@ def train(
         Receives ``NAME.safetensors`` (best weights), ``NAME.json`` (record),
         ``NAME-pr.png`` (validation precision-recall curve), ``state.pt`` (for resuming).
     resume : bool
-        Continue from ``out_dir/state.pt``.
+        Continue from ``out_dir/state.pt``: weights, optimiser state, history and time spent
+        are restored; the learning rate follows the cosine of this call's ``config.epochs``,
+        and the time budget counts the epochs of the earlier sessions.
     init_weights : path, optional
         Start from these weights instead of a fresh initialisation (fine-tuning); they must
         belong to ``method`` (same network parameters).
@@ -169,6 +195,8 @@ def train(
         raise ValueError("training needs validation images (early stopping, threshold choice)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # The code that trains is the code imported now, whatever the tree holds when training ends.
+    provenance = {"git_commit": git_commit(), "git_dirty": git_dirty()}
     device = resolve_device(config.device)
     amp = (device.type == "cuda") if config.amp is None else config.amp
     _seed_everything(config.seed)
@@ -193,9 +221,6 @@ def train(
         )
     else:
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=config.epochs, eta_min=config.lr / 50
-    )
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     weights_path = out / f"{method.name}.safetensors"
     state_path = out / "state.pt"
@@ -206,18 +231,29 @@ def train(
         state = torch.load(state_path, map_location=device, weights_only=True)
         network.load_state_dict(state["network"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):  # empty when AMP was off
+            scaler.load_state_dict(state["scaler"])
         start_epoch = int(state["epoch"]) + 1
         best_score, best_epoch = float(state["best_score"]), int(state["best_epoch"])
         best_method = method.replace(**{method.threshold_param: float(state["best_threshold"])})
         history = [EpochLog(**h) for h in state["history"]]
         logger.info("resuming at epoch %d (best F1 %.4f)", start_epoch, best_score)
-    started = time.perf_counter()
     stale = 0  # validations since the best
     if history:
         stale = len(history) - 1 - max(i for i, h in enumerate(history) if h.improved)
     for epoch in range(start_epoch, config.epochs):
+        # Checked before the epoch so that a resumed run that had already stopped stays stopped.
+        if stale >= config.patience:
+            logger.info("stopping: %d epochs without a better validation score", stale)
+            break
+        spent = sum(h.seconds for h in history) / 60
+        if config.max_minutes is not None and spent >= config.max_minutes:
+            logger.info("stopping: time budget of %g minutes spent", config.max_minutes)
+            break
         epoch_start = time.perf_counter()
+        lr = cosine_lr(epoch, config.epochs, config.lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         network.train()
         dataset.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(
@@ -237,7 +273,6 @@ def train(
             scaler.step(optimizer)
             scaler.update()
             losses.append(float(loss.detach()))
-        scheduler.step()
         # Validation on whole images: choose the threshold, keep the best weights.
         detector = Detector(method, network=network, device=str(device), amp=amp)
         predictions = predict(detector, val_sources)
@@ -263,32 +298,29 @@ def train(
             threshold=threshold,
             seconds=time.perf_counter() - epoch_start,
             improved=improved,
+            lr=lr,
         )
         history.append(log)
         if on_epoch is not None:
             on_epoch(log)
-        torch.save(
-            {
-                "network": network.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch,
-                "best_score": best_score,
-                "best_epoch": best_epoch,
-                "best_threshold": float(getattr(best_method, method.threshold_param)),
-                "history": [dataclasses.asdict(h) for h in history],
-            },
-            state_path,
-        )
-        elapsed = (time.perf_counter() - started) / 60
-        if stale >= config.patience:
-            logger.info("stopping: %d epochs without a better validation F1", stale)
-            break
-        if config.max_minutes is not None and elapsed >= config.max_minutes:
-            logger.info("stopping: time budget of %.0f minutes spent", config.max_minutes)
-            break
+        # Atomic: a run killed while writing must still find the previous epoch's state.
+        with atomic_path(state_path, overwrite=True) as tmp:
+            torch.save(
+                {
+                    "network": network.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "epoch": epoch,
+                    "best_score": best_score,
+                    "best_epoch": best_epoch,
+                    "best_threshold": float(getattr(best_method, method.threshold_param)),
+                    "history": [dataclasses.asdict(h) for h in history],
+                },
+                tmp,
+            )
     record = save_record(
         {
+            **provenance,
             "method": best_method.name,
             "params": best_method.params(),
             "mpp": best_method.mpp,
