@@ -1,11 +1,12 @@
 """Cohort throughput on a local dask cluster with different numbers of workers, as JSON.
 
 Builds ``--slides`` synthetic slides of real tissue (see make_synthetic_slide.py), then runs
-``run_cohort`` over them once per worker count, each time on a fresh ``LocalCluster`` sharing
-the same cores (workers × threads = cores), and reports Mpx/s, the ratio to the first layout,
-and each worker process's peak resident memory.
+``run_cohort`` over them ``--repeat`` times per layout, each layout on a fresh ``LocalCluster``
+sharing the same cores (workers × threads = cores; ``0`` workers: in this process, no
+cluster), and reports the median Mpx/s, its ratio to the first layout, and each worker
+process's peak resident memory.
 
-    python benchmarks/bench_cohort.py --slides 8 --size 4096 --workers 1,2 [--method log]
+    python benchmarks/bench_cohort.py --slides 8 --size 4096 --workers 0,1,2 [--method log]
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -43,6 +45,7 @@ def main() -> None:
     parser.add_argument("--weights")
     parser.add_argument("--chunk", type=int, default=2048)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--keep", type=Path, help="build the slides here (and reuse them)")
     args = parser.parse_args()
 
@@ -57,29 +60,35 @@ def main() -> None:
                 write_pyramid(path, build(args.size, 500, seed=i), mpp=0.5, downsamples=(1, 4, 16))
         runs = []
         for n in map(int, args.workers.split(",")):
-            threads = max(1, cores // n)
+            threads = cores if n == 0 else max(1, cores // n)
             # The CLI's own local cluster (worker environment included).
-            client, _ = start_client("local", workers=n, threads_per_worker=threads)
+            client = None
+            if n > 0:
+                client, _ = start_client("local", workers=n, threads_per_worker=threads)
             try:
-                started = time.perf_counter()
-                summary = run_cohort(
-                    [folder],
-                    Path(tmp) / f"out-{n}",
-                    method=method,
-                    weights=weights,
-                    client=client,
-                    chunk=args.chunk,
-                    device=args.device,
-                )
-                seconds = time.perf_counter() - started
-                rss = sorted(client.run(peak_rss_mb).values())
+                times = []
+                for k in range(args.repeat):
+                    started = time.perf_counter()
+                    summary = run_cohort(
+                        [folder],
+                        Path(tmp) / f"out-{n}-{k}",
+                        method=method,
+                        weights=weights,
+                        client=client,
+                        chunk=args.chunk,
+                        device=args.device,
+                    )
+                    times.append(time.perf_counter() - started)
+                rss = sorted(client.run(peak_rss_mb).values()) if client else [peak_rss_mb()]
             finally:
-                close_client(client)
+                if client is not None:
+                    close_client(client)
+            seconds = statistics.median(times)
             runs.append(
                 {
                     "workers": n,
                     "threads_per_worker": threads,
-                    "seconds": round(seconds, 2),
+                    "seconds": [round(t, 2) for t in times],
                     "slides_done": summary.done,
                     "points": summary.points,
                     "mpx": round(summary.processed_mpx, 1),
@@ -100,6 +109,7 @@ def main() -> None:
                 "chunk": args.chunk,
                 "cores": cores,
                 "device": args.device,
+                "repeat": args.repeat,
                 "date": time.strftime("%Y-%m-%d"),
                 "runs": runs,
             },
