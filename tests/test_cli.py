@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import tiffslide
 import torch
 from safetensors.torch import save_file
 from wsidet.cli.main import main
@@ -69,6 +70,14 @@ def test_sample_slide_end_to_end(sample_run, sample_slide: Path) -> None:
     assert frame["x"].between(0, 2220).all() and frame["y"].between(0, 2967).all()
     mask = open_slide(sample_slide).tissue_mask()
     assert mask.contains(frame[["x", "y"]].to_numpy()).all()
+    # Independently of the mask: every point has stained (dark) pixels next to it, where glass
+    # is near white (about 244 grey here; nuclei centres are under 110).
+    slide = tiffslide.TiffSlide(sample_slide)
+    grey = np.asarray(slide.read_region((0, 0), 0, slide.dimensions).convert("L"), np.float64)
+    cols = np.clip(frame["x"].to_numpy().astype(int), 4, grey.shape[1] - 5)
+    rows = np.clip(frame["y"].to_numpy().astype(int), 4, grey.shape[0] - 5)
+    darkest = [grey[r - 4 : r + 5, c - 4 : c + 5].min() for r, c in zip(rows, cols, strict=True)]
+    assert max(darkest) < 180
     geo = json.loads((out / "CMU-1-Small-Region.geojson").read_text())
     assert len(geo["features"]) == len(frame)
     assert frame.attrs["wsidet"]["slide"]["mpp"] == pytest.approx(0.499)
