@@ -102,6 +102,21 @@ def _pairs(args: argparse.Namespace) -> list[Any]:
     return pairs
 
 
+def _data_record(args: argparse.Namespace) -> dict[str, Any]:
+    """Where the annotated images came from and how their points were read.
+
+    A record without ``one_based`` and ``image_mpp`` could not be reproduced.
+    """
+    return {
+        "images": str(args.images),
+        "points": str(args.points),
+        "split": args.split,
+        "fold": args.fold,
+        "one_based": args.one_based,
+        "image_mpp": args.image_mpp,
+    }
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from wsidet.errors import WeightsError
     from wsidet.methods import get_method
@@ -170,16 +185,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         init_weights=init,
         on_epoch=show,
-        data_record={
-            "images": str(args.images),
-            "points": str(args.points),
-            "split": args.split,
-            "fold": args.fold,
-            # How the points were read: a record without them cannot be reproduced.
-            "one_based": args.one_based,
-            "image_mpp": args.image_mpp,
-            "validation_keys": [p.key for p in val_pairs],
-        },
+        data_record={**_data_record(args), "validation_keys": [p.key for p in val_pairs]},
     )
     what = "validation F1" if config.select_on == "f1" else "validation count MAE"
     value = result.best_score if config.select_on == "f1" else -result.best_score
@@ -218,14 +224,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "weights": None if weights is None else str(weights),
         "threshold": {method.threshold_param: getattr(method, method.threshold_param)},
         "images": len(sources),
-        "data": {
-            "images": str(args.images),
-            "points": str(args.points),
-            "split": args.split,
-            "fold": args.fold,
-            "one_based": args.one_based,
-            "image_mpp": args.image_mpp,
-        },
+        "data": _data_record(args),
         "radii": {},
     }
     results = {}

@@ -421,15 +421,21 @@ def test_fine_tuning_starts_from_the_given_weights(tmp_path: Path, capsys) -> No
     assert code != 0 and "ships no weights for method 'mapde'" in err
 
 
-def test_train_and_evaluate_commands(tmp_path: Path, capsys) -> None:
-    rng = np.random.default_rng(6)
+def annotated_folder(tmp_path: Path, n: int, rng: np.random.Generator) -> tuple[Path, Path]:
+    """``n`` 128 px images of 10 blobs each, with their CSV points, as `wsidet train` reads."""
     images, points = tmp_path / "images", tmp_path / "points"
     images.mkdir()
     points.mkdir()
-    for i in range(4):
+    for i in range(n):
         pts = random_points(rng, (128, 128), 10, min_sep=25, margin=8)
         Image.fromarray(blob_image((128, 128), pts, 7.0, rng=rng)).save(images / f"img{i}.png")
         write_points(points / f"img{i}.csv", pts[:, ::-1], "csv")
+    return images, points
+
+
+def test_train_and_evaluate_commands(tmp_path: Path, capsys) -> None:
+    rng = np.random.default_rng(6)
+    images, points = annotated_folder(tmp_path, 4, rng)
     code = main([
         "train", "--method", "voca", "--param", "width=4", "--images", str(images),
         "--points", str(points), "--out", str(tmp_path / "m"), "--epochs", "1",
@@ -470,13 +476,7 @@ def test_train_and_evaluate_commands(tmp_path: Path, capsys) -> None:
 
 def test_evaluate_runs_a_method_without_weights(tmp_path: Path, capsys) -> None:
     rng = np.random.default_rng(8)
-    images, points = tmp_path / "images", tmp_path / "points"
-    images.mkdir()
-    points.mkdir()
-    for i in range(2):
-        pts = random_points(rng, (128, 128), 10, min_sep=25, margin=8)
-        Image.fromarray(blob_image((128, 128), pts, 7.0, rng=rng)).save(images / f"img{i}.png")
-        write_points(points / f"img{i}.csv", pts[:, ::-1], "csv")
+    images, points = annotated_folder(tmp_path, 2, rng)
     data = ["--images", str(images), "--points", str(points), "--device", "cpu"]
     # LoG has nothing to train: its parameters are all it needs.
     code = main(
