@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-tissue", action="store_true", help="process every chunk, not only tissue"
     )
     run.add_argument(
+        "--stain-normalise",
+        action="store_true",
+        help="map each slide's colours to those the weights were trained on (Reinhard)",
+    )
+    run.add_argument(
         "--cluster",
         default="auto",
         help="none (this process), local (a cluster on this machine), or tcp://HOST:PORT "
@@ -212,6 +217,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             tile=args.tile,
             batch_size=args.batch_size,
             tissue=not args.no_tissue,
+            stain=args.stain_normalise,
             mpp=args.mpp,
             formats=args.format,
             overwrite=args.overwrite,

@@ -86,6 +86,11 @@ def add_parsers(sub: Any) -> None:
         action="append",
         help="matching radius in px (repeatable; default 6)",
     )
+    evaluate.add_argument(
+        "--stain-normalise",
+        action="store_true",
+        help="normalise each image's colours to those the weights were trained on",
+    )
     evaluate.add_argument("--out", metavar="DIR", help="write evaluation.json and pr.png here")
 
 
@@ -199,7 +204,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from wsidet.evaluate import evaluate_predictions, predict, sweep, write_pr_curve
     from wsidet.io import atomic_path
     from wsidet.train.dataset import load_sources
-    from wsidet.weights import resolve_method
+    from wsidet.weights import resolve_method, stain_reference
 
     if args.weights is None and args.method is None:
         raise ValueError("give --weights, or a --method (with --param to set its parameters)")
@@ -216,12 +221,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for p in pairs
         for s in load_sources(p, method, one_based=args.one_based, image_mpp=args.image_mpp)
     ]
+    reference = None
+    if args.stain_normalise:
+        reference = stain_reference(weights) if weights is not None else None
+        if reference is None:
+            raise WeightsError(
+                "--stain-normalise needs weights that record the colours they were trained on"
+            )
     detector = Detector(method, weights=weights, device=args.device)
-    predictions = predict(detector, sources)
+    predictions = predict(detector, sources, stain=reference)
     report: dict[str, Any] = {
         "method": method.name,
         "params": method.params(),
         "weights": None if weights is None else str(weights),
+        "stain_normalise": bool(args.stain_normalise),
         "threshold": {method.threshold_param: getattr(method, method.threshold_param)},
         "images": len(sources),
         "data": _data_record(args),

@@ -126,6 +126,10 @@ def _bad_inputs(tmp: Path, sample_slide: Path) -> dict[str, tuple[list[str], tup
         ),
         "param": ([str(sample_slide), "--param", "bogus=1"], ("no parameter 'bogus'",)),
         "device": ([str(sample_slide), "--device", "tpu9"], ("device",)),
+        "stain": (
+            [str(sample_slide), "--method", "log", "--stain-normalise"],
+            ("stain normalisation needs", "records none"),
+        ),
     }
 
 
@@ -133,7 +137,7 @@ def _bad_inputs(tmp: Path, sample_slide: Path) -> dict[str, tuple[list[str], tup
     "case",
     [
         "missing", "text", "png", "truncated", "method", "weights", "anonymous-weights", "param",
-        "device",
+        "device", "stain",
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_leaves_nothing(case, sample_slide, tmp_path, capsys) -> None:

@@ -77,6 +77,9 @@ def test_output_state_reuses_completes_or_refuses(tmp_path: Path) -> None:
         "another --mpp": run_signature("1:abc", LOG, None, mpp=0.25, tissue=True),
         "another tissue setting": run_signature("1:abc", LOG, None, mpp=None, tissue=False),
         "other weights": run_signature("1:abc", LOG, "sha256:0", mpp=None, tissue=True),
+        "another stain normalisation": run_signature(
+            "1:abc", LOG, None, mpp=None, tissue=True, stain=True
+        ),
     }  # fmt: skip
     _outputs(tmp_path, sig)
     for words, other in changes.items():

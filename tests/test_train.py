@@ -311,6 +311,11 @@ def test_short_training_lowers_the_loss_and_its_weights_run(tmp_path: Path, caps
     record = json.loads((tmp_path / "ckpt" / "voca.json").read_text())
     assert record["method"] == "voca" and record["params"]["width"] == 4
     assert "threshold" in record and record["data"]["train"]["sources"] == ["0", "1"]
+    # The colours it learnt from, for stain normalisation: in the record and the header.
+    from wsidet.weights import stain_reference
+
+    assert record["stain_reference"]["pixels"] > 0
+    assert stain_reference(result.weights).as_dict() == record["stain_reference"]  # type: ignore[union-attr]
     # The checkpoint runs through the CLI, its parameters (width 4) taken from the weights.
     slide = tmp_path / "slide.tif"
     make_blob_slide(slide, shape=(200, 240), mpp=0.5, physical_mpp=0.5, seed=1, n=8)

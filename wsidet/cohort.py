@@ -37,6 +37,7 @@ from wsidet.methods.base import Method
 from wsidet.pipeline import SlidePlan, detect_slide, plan_slide
 from wsidet.resume import output_state, run_signature, slide_fingerprint
 from wsidet.slide import slide_id_for
+from wsidet.stain import StainStats
 from wsidet.tiling import DEFAULT_CHUNK
 
 __all__ = [
@@ -179,6 +180,7 @@ def run_cohort(
     batch_size: int | None = None,
     tissue: bool = True,
     mpp: float | None = None,
+    stain: bool | StainStats = False,
     formats: Sequence[str] = ("parquet",),
     overwrite: bool = False,
     gpu_resource: str | None = None,
@@ -202,7 +204,7 @@ def run_cohort(
         Weights of a trainable method.
     client : distributed.Client, optional
         Where to compute; None: in this process.
-    chunk, device, tile, batch_size, tissue, mpp
+    chunk, device, tile, batch_size, tissue, mpp, stain
         As for :func:`wsidet.detect_slide`.
     formats : sequence of str
         Output formats. Parquet is always written: it carries the run's metadata and
@@ -233,7 +235,7 @@ def run_cohort(
     """
     from wsidet.engine import DetectorSpec
     from wsidet.engine import weights_hash as hash_weights
-    from wsidet.weights import resolve_method
+    from wsidet.weights import required_stain_reference, resolve_method
 
     started = time.perf_counter()
     out_dir = Path(out)
@@ -290,8 +292,9 @@ def run_cohort(
                 failed(path, SlideNotFoundError(f"slide not found: {str(path)!r}"))
                 continue
             signature = run_signature(
-                slide_fingerprint(path), method, w_hash, mpp=mpp, tissue=tissue
-            )
+                slide_fingerprint(path), method, w_hash, mpp=mpp, tissue=tissue,
+                stain=stain.as_dict() if isinstance(stain, StainStats) else bool(stain),
+            )  # fmt: skip
             signatures[path] = signature
             targets = output_paths(out_dir, slide_id, formats)
             state = output_state(targets, signature, overwrite=overwrite)
@@ -309,6 +312,8 @@ def run_cohort(
 
         if todo:
             # Method, weights and device problems concern every slide: fail once, first.
+            if stain is True:
+                required_stain_reference(weights_path, method.name)
             if client is None:
                 DetectorSpec(method, weights=weights_path, device=device).get()
             else:  # the driver may have no GPU: check the weights fit on its CPU
@@ -322,6 +327,7 @@ def run_cohort(
             "tile": tile,
             "batch_size": batch_size,
             "tissue": tissue,
+            "stain": stain,
         }
         if client is None:
             _run_local(todo, method, options, done, failed, progress)

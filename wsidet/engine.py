@@ -33,6 +33,8 @@ from wsidet.methods.base import Method
 if TYPE_CHECKING:
     import torch
 
+    from wsidet.stain import Reinhard
+
 logger = logging.getLogger(__name__)
 
 #: Default model tile edge (core, before the receptive-radius margin), in working pixels.
@@ -265,12 +267,16 @@ class Detector:
             f"batch_size={self.batch_size}, amp={self.amp})"
         )
 
-    def predict(self, image: npt.NDArray[np.uint8] | torch.Tensor) -> dict[str, torch.Tensor]:
+    def predict(
+        self, image: npt.NDArray[np.uint8] | torch.Tensor, *, stain: Reinhard | None = None
+    ) -> dict[str, torch.Tensor]:
         """Network output maps of a whole image, stitched from model tiles.
 
         Parameters
         ----------
         image : ndarray or Tensor, shape (H, W, 3), uint8
+        stain : Reinhard, optional
+            Colour normalisation applied first (pixel by pixel, on the device).
 
         Returns
         -------
@@ -279,6 +285,8 @@ class Detector:
         import torch
 
         x = self._to_tensor(image)  # (3, H, W) float in [0, 1] on the device
+        if stain is not None:
+            x = stain(x)
         _, height, width = x.shape
         stride = self.method.stride
         tiles = [
@@ -322,6 +330,7 @@ class Detector:
         image: npt.NDArray[np.uint8] | torch.Tensor,
         *,
         core: tuple[int, int, int, int] | None = None,
+        stain: Reinhard | None = None,
         **decode_params: Any,
     ) -> Detections:
         """Points of nuclei in an image, and the method's per-region totals.
@@ -331,6 +340,8 @@ class Detector:
         image : ndarray or Tensor, shape (H, W, 3), uint8
         core : (y0, x0, y1, x1), optional
             Region of ``image`` over which ``totals`` are summed (default: all of it).
+        stain : Reinhard, optional
+            Colour normalisation applied before the network.
         **decode_params
             Overrides of the method's decode parameters.
 
@@ -341,7 +352,7 @@ class Detector:
             ``QUANTUM``, their scores, and the sums of :meth:`Method.aggregate` over ``core``.
         """
         with self._lock:
-            maps = self.predict(image)
+            maps = self.predict(image, stain=stain)
             points, scores = self.method.decode(maps, **decode_params)
             y0, x0, y1, x1 = core if core is not None else (0, 0, *maps_shape(maps))
             totals = {

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import torch
 
     from wsidet.engine import Detector
+    from wsidet.stain import StainStats
     from wsidet.train.dataset import Source
 
 
@@ -44,12 +45,27 @@ class Predictions:
     truths: list[npt.NDArray[np.float64]]
 
 
-def predict(detector: Detector, sources: Sequence[Source]) -> Predictions:
-    """Run ``detector`` over each whole source image and keep the maps."""
+def predict(
+    detector: Detector, sources: Sequence[Source], *, stain: StainStats | None = None
+) -> Predictions:
+    """Run ``detector`` over each whole source image and keep the maps.
+
+    With ``stain`` (reference statistics), each image's colours are first normalised to them
+    from its own statistics, as a slide's are from its tissue (:mod:`wsidet.stain`).
+    """
+    from wsidet.stain import Reinhard, stain_stats
+
     maps = []
     for source in sources:
         h, w = source.shape
-        out = detector.predict(source.read(0, h, 0, w))
+        image = source.read(0, h, 0, w)
+        normaliser = None
+        if stain is not None:
+            try:
+                normaliser = Reinhard(stain_stats([image]), stain)
+            except ValueError:  # nothing stained to measure: leave it as it is
+                normaliser = None
+        out = detector.predict(image, stain=normaliser)
         maps.append({k: v.detach().cpu() for k, v in out.items()})
     return Predictions([s.key for s in sources], maps, [s.points_yx for s in sources])
 

@@ -32,8 +32,9 @@ from wsidet.engine import DEFAULT_TILE, Detections, DetectorSpec
 from wsidet.methods import DEFAULT_METHOD
 from wsidet.methods.base import Method
 from wsidet.slide import Scale, Slide, open_slide
+from wsidet.stain import Reinhard, StainStats, slide_stain_stats
 from wsidet.tiling import DEFAULT_CHUNK, Grid
-from wsidet.weights import resolve_method
+from wsidet.weights import required_stain_reference, resolve_method
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -48,7 +49,11 @@ _TASK_PREFIX = "wsidet-detect-"
 
 
 def detect_block(
-    block: npt.NDArray[np.uint8], grid: Grid, index: tuple[int, int], spec: DetectorSpec
+    block: npt.NDArray[np.uint8],
+    grid: Grid,
+    index: tuple[int, int],
+    spec: DetectorSpec,
+    stain: Reinhard | None = None,
 ) -> Detections:
     """Detect in one block (core + halo) and keep the points its core owns.
 
@@ -60,6 +65,8 @@ def detect_block(
     index : tuple of int
     spec : DetectorSpec
         Resolved to this process's resident detector.
+    stain : Reinhard, optional
+        The slide's colour normalisation (the same map for every block).
 
     Returns
     -------
@@ -73,7 +80,7 @@ def detect_block(
             f"block {index} has shape {block.shape[:2]}, expected {(y1 - y0, x1 - x0)}"
         )
     cy0, cx0, cy1, cx1 = grid.core_box(index)
-    found = spec.get().detect(block, core=(cy0 - y0, cx0 - x0, cy1 - y0, cx1 - x0))
+    found = spec.get().detect(block, core=(cy0 - y0, cx0 - x0, cy1 - y0, cx1 - x0), stain=stain)
     points = found.points_yx + np.array([y0, x0], np.float64)
     keep = grid.owned(index, points)
     return Detections(points[keep], found.scores[keep], found.totals)
@@ -84,6 +91,7 @@ def block_tasks(
     grid: Grid,
     spec: DetectorSpec,
     blocks: Iterable[tuple[int, int]] | None = None,
+    stain: Reinhard | None = None,
 ) -> list[Any]:
     """One delayed :func:`detect_block` per block, over dask's overlap of ``image``.
 
@@ -95,6 +103,8 @@ def block_tasks(
     spec : DetectorSpec
     blocks : iterable of (i, j), optional
         Blocks to process (default: all).
+    stain : Reinhard, optional
+        Colour normalisation of every block.
 
     Returns
     -------
@@ -115,10 +125,17 @@ def block_tasks(
     )
     pieces = overlapped.to_delayed()
     selected = list(grid.indices()) if blocks is None else list(blocks)
-    token = tokenize(image.name, grid, spec)
+    token = tokenize(image.name, grid, spec, stain)
     run = delayed(detect_block, pure=True)
     return [
-        run(pieces[i, j, 0], grid, (i, j), spec, dask_key_name=f"{_TASK_PREFIX}{token}-{i}-{j}")
+        run(
+            pieces[i, j, 0],
+            grid,
+            (i, j),
+            spec,
+            stain,
+            dask_key_name=f"{_TASK_PREFIX}{token}-{i}-{j}",
+        )
         for i, j in selected
     ]
 
@@ -246,6 +263,8 @@ class SlidePlan:
         The chunks to process (those on tissue).
     tissue : bool
         Whether chunks and points are limited to tissue.
+    stain : Reinhard, optional
+        The slide's colour normalisation to the training data's.
     """
 
     slide: Slide
@@ -254,6 +273,7 @@ class SlidePlan:
     grid: Grid
     blocks: tuple[tuple[int, int], ...]
     tissue: bool
+    stain: Reinhard | None = None
 
     @property
     def method(self) -> Method:
@@ -263,7 +283,7 @@ class SlidePlan:
     def tasks(self) -> list[Any]:
         """One delayed detection per block (see :func:`block_tasks`)."""
         image = self.slide.to_dask(self.scale, chunks=self.grid.chunks)
-        return block_tasks(image, self.grid, self.spec, self.blocks)
+        return block_tasks(image, self.grid, self.spec, self.blocks, self.stain)
 
     @property
     def processed_mpx(self) -> float:
@@ -308,6 +328,9 @@ class SlidePlan:
             "params": method.params(),
             "weights": self.spec.weights,
             "weights_hash": self.spec.weights_hash,
+            "stain": None
+            if self.stain is None
+            else {"slide": self.stain.source.as_dict(), "reference": self.stain.target.as_dict()},
             "scale": {
                 "level": scale.level.index,
                 "factor": scale.factor,
@@ -349,11 +372,12 @@ def plan_slide(
     tile: int = DEFAULT_TILE,
     batch_size: int | None = None,
     tissue: bool = True,
+    stain: bool | StainStats = False,
 ) -> SlidePlan:
     """Open a slide, choose its scale and chunks, and find the chunks on tissue.
 
-    Parameters are those of :func:`detect_slide`. Reads only the slide's metadata and a
-    low-resolution level (for the tissue mask).
+    Parameters are those of :func:`detect_slide`. Reads only the slide's metadata, a
+    low-resolution level (for the tissue mask) and, with ``stain``, a few windows of tissue.
     """
     if not isinstance(slide, Slide):
         slide = open_slide(slide, mpp=mpp)
@@ -372,7 +396,15 @@ def plan_slide(
         scale.shape, halo=method.halo, chunk=chunk, tile=scale.tile, align=method.stride
     )
     blocks = tissue_blocks(slide, scale, grid) if tissue else list(grid.indices())
-    return SlidePlan(slide, spec, scale, grid, tuple(blocks), tissue)
+    normaliser = None
+    if stain is not False:
+        reference = (
+            stain
+            if isinstance(stain, StainStats)
+            else required_stain_reference(spec.weights, method.name)
+        )
+        normaliser = Reinhard(slide_stain_stats(slide, scale), reference)
+    return SlidePlan(slide, spec, scale, grid, tuple(blocks), tissue, normaliser)
 
 
 def detect_slide(
@@ -386,6 +418,7 @@ def detect_slide(
     tile: int = DEFAULT_TILE,
     batch_size: int | None = None,
     tissue: bool = True,
+    stain: bool | StainStats = False,
     progress: Progress | None = None,
     scheduler: Any = None,
 ) -> gpd.GeoDataFrame:
@@ -412,6 +445,9 @@ def detect_slide(
         Tiles per forward pass (default 4 on CUDA, 1 on CPU).
     tissue : bool
         Skip chunks without tissue and drop points off tissue.
+    stain : bool or StainStats
+        Normalise the slide's colours (Reinhard, per slide) to those of the data the weights
+        were trained on (True), or to given statistics, before detection.
     progress : callable, optional
         ``progress(done, total)`` over detection blocks.
     scheduler : optional
@@ -434,6 +470,7 @@ def detect_slide(
         tile=tile,
         batch_size=batch_size,
         tissue=tissue,
+        stain=stain,
     )
     if not (hasattr(scheduler, "compute") and hasattr(scheduler, "gather")):
         plan.spec.get()  # in this process: fail fast on weights/device before reading

@@ -58,8 +58,13 @@ def run_signature(
     *,
     mpp: float | None,
     tissue: bool,
+    stain: bool | dict[str, Any] = False,
 ) -> dict[str, Any]:
-    """What determines a slide's detections (a JSON-able dict, compared for equality)."""
+    """What determines a slide's detections (a JSON-able dict, compared for equality).
+
+    ``stain`` is False, True (normalised to the weights' own reference, which their hash
+    identifies) or the reference statistics given.
+    """
     return {
         "slide": fingerprint,
         "method": method.name,
@@ -67,6 +72,7 @@ def run_signature(
         "weights_hash": weights_hash,
         "mpp": mpp,
         "tissue": bool(tissue),
+        "stain": stain,
     }
 
 
@@ -85,7 +91,10 @@ def differences(stored: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> 
         "weights_hash": "other weights",
         "mpp": "another --mpp",
         "tissue": "another tissue setting",
+        "stain": "another stain normalisation",
     }
+    # Outputs of versions without stain normalisation were made without it.
+    stored = {"stain": False, **stored}
     changed = [
         names.get(k, k)
         for k in wanted

@@ -73,12 +73,24 @@ def git_dirty() -> bool | None:
     return None if out is None else bool(out.strip())
 
 
-def save_weights(network: torch.nn.Module, method: Method, path: str | Path) -> Path:
-    """Write a network's tensors with the method's name and parameters in the header."""
+def save_weights(
+    network: torch.nn.Module,
+    method: Method,
+    path: str | Path,
+    *,
+    stain_reference: dict[str, Any] | None = None,
+) -> Path:
+    """Write a network's tensors with the method's name and parameters in the header.
+
+    ``stain_reference`` (:meth:`wsidet.stain.StainStats.as_dict` of the training data) goes
+    in the header too, for stain normalisation at inference.
+    """
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     metadata = {"wsidet.method": method.name, "wsidet.params": json.dumps(method.params())}
+    if stain_reference is not None:
+        metadata["wsidet.stain_reference"] = json.dumps(stain_reference)
     with atomic_path(path, overwrite=True) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return Path(path)

@@ -27,6 +27,7 @@ from wsidet.engine import Detector, load_weights, resolve_device, weights_hash
 from wsidet.evaluate import choose_threshold, predict, write_pr_curve
 from wsidet.io import atomic_path
 from wsidet.methods.base import Method
+from wsidet.stain import StainStats, stain_stats
 from wsidet.train.augment import Augment
 from wsidet.train.checkpoint import git_commit, git_dirty, save_record, save_weights
 from wsidet.train.dataset import PointDataset, Source, collate, describe
@@ -141,6 +142,19 @@ def cosine_lr(epoch: int, epochs: int, lr: float) -> float:
     return floor + (lr - floor) * (1 + math.cos(math.pi * epoch / epochs)) / 2
 
 
+def training_stain_reference(sources: Sequence[Source], edge: int = 512) -> StainStats:
+    """Stain statistics of training data: the central ``edge``-pixel window of each source."""
+    crops = []
+    for source in sources:
+        h, w = source.shape
+        y0, x0 = max(0, (h - edge) // 2), max(0, (w - edge) // 2)
+        crops.append(source.read(y0, min(h, y0 + edge), x0, min(w, x0 + edge)))
+    try:
+        return stain_stats(crops)
+    except ValueError:  # no stained pixel (e.g. fluorescence on black): record an identity
+        return StainStats((50.0, 0.0, 0.0), (1.0, 1.0, 1.0), 0)
+
+
 def _seed_everything(seed: int) -> None:
     # Patches draw from their own (seed, epoch, index) generators; this covers weight
     # initialisation and anything else that uses the global generators.
@@ -197,6 +211,8 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     # The code that trains is the code imported now, whatever the tree holds when training ends.
     provenance = {"git_commit": git_commit(), "git_dirty": git_dirty()}
+    # The colours the network learns from, for stain normalisation of other slides.
+    reference = training_stain_reference(train_sources).as_dict()
     device = resolve_device(config.device)
     amp = (device.type == "cuda") if config.amp is None else config.amp
     _seed_everything(config.seed)
@@ -284,7 +300,7 @@ def train(
         if improved:
             best_score, best_epoch, stale = score, epoch, 0
             best_method = method.replace(**{method.threshold_param: threshold})
-            save_weights(network, best_method, weights_path)
+            save_weights(network, best_method, weights_path, stain_reference=reference)
             write_pr_curve({f"{method.name} (validation)": curve}, out / f"{method.name}-pr.png")
         else:
             stale += 1
@@ -325,6 +341,7 @@ def train(
             "params": best_method.params(),
             "mpp": best_method.mpp,
             "normalisation": "RGB / 255; method-specific normalisation inside the network",
+            "stain_reference": reference,
             "threshold": {
                 best_method.threshold_param: getattr(best_method, best_method.threshold_param)
             },

@@ -15,6 +15,7 @@ from typing import Any
 from wsidet.errors import WeightsError
 from wsidet.methods import DEFAULT_METHOD, get_method, method_class
 from wsidet.methods.base import Method
+from wsidet.stain import StainStats
 
 
 def bundled_weights(method: str) -> Path | None:
@@ -38,6 +39,49 @@ def weights_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
             return dict(fh.metadata() or {})
     except Exception:
         return {}
+
+
+def stain_reference(path: str | os.PathLike[str]) -> StainStats | None:
+    """The stain statistics of the data a weights file was trained on, if it records them.
+
+    Read from the safetensors header (``wsidet.stain_reference``), else from the training
+    record beside the file (``NAME.json``, key ``stain_reference``).
+    """
+    text = weights_metadata(path).get("wsidet.stain_reference")
+    data: Any = json.loads(text) if text else None
+    record = Path(path).with_suffix(".json")
+    if data is None and record.is_file():
+        try:
+            data = json.loads(record.read_text()).get("stain_reference")
+        except (OSError, ValueError):
+            data = None
+    if not data:
+        return None
+    try:
+        stats = StainStats.from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WeightsError(
+            f"weights {os.fspath(path)!r} record unusable stain statistics: {exc}"
+        ) from None
+    return stats if stats.pixels > 0 else None
+
+
+def required_stain_reference(weights: str | os.PathLike[str] | None, method: str) -> StainStats:
+    """The stain reference of weights asked to normalise with (see :func:`stain_reference`).
+
+    Raises
+    ------
+    WeightsError
+        No weights, or weights that record none.
+    """
+    found = stain_reference(weights) if weights is not None else None
+    if found is None:
+        what = repr(os.fspath(weights)) if weights is not None else f"method {method!r}"
+        raise WeightsError(
+            "stain normalisation needs the colour statistics of the data the weights were "
+            f"trained on; {what} records none (weights trained with wsidet train do)"
+        )
+    return found
 
 
 def method_from_weights(
