@@ -53,9 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--mpp", type=positive_float, help="level-0 µm/px, overriding the file")
     run.add_argument(
-        "--chunk", type=positive_int, default=DEFAULT_CHUNK, help=f"default: {DEFAULT_CHUNK}"
+        "--chunk",
+        type=positive_int,
+        default=DEFAULT_CHUNK,
+        help=f"dask chunk edge in working pixels, aligned to the TIFF tiles "
+        f"(default: {DEFAULT_CHUNK})",
     )
-    run.add_argument("--tile", type=positive_int, default=DEFAULT_TILE, help="model tile edge")
+    run.add_argument(
+        "--tile",
+        type=positive_int,
+        default=DEFAULT_TILE,
+        help=f"model tile edge in pixels: smaller needs less memory (default: {DEFAULT_TILE})",
+    )
     run.add_argument(
         "--batch-size", type=positive_int, help="model tiles per forward pass (4 on GPU, 1 on CPU)"
     )
@@ -64,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         type=formats_arg,
         default=["parquet", "geojson"],
-        help="comma-separated: parquet, geojson, geojson.gz (default: parquet,geojson)",
+        help="comma-separated: parquet, geojson, geojson.gz (default: parquet,geojson); "
+        "parquet is always written (resuming reads it)",
     )
     run.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     run.add_argument(
