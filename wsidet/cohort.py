@@ -279,7 +279,7 @@ def run_cohort(
         except (OSError, ValueError) as exc:  # a full disk or a lost mount: this slide only
             failed(path, exc, seconds)
             return
-        report(_row(path, meta, len(frame), seconds, formats, reused=False))
+        report(_row(path, meta, len(frame), seconds, reused=False))
 
     todo: list[Path] = []
     try:
@@ -291,8 +291,13 @@ def run_cohort(
             if not path.is_file():
                 failed(path, SlideNotFoundError(f"slide not found: {str(path)!r}"))
                 continue
+            try:
+                fingerprint = slide_fingerprint(path)
+            except OSError as exc:  # unreadable (permissions, a lost mount): this slide only
+                failed(path, exc)
+                continue
             signature = run_signature(
-                slide_fingerprint(path), method, w_hash, mpp=mpp, tissue=tissue,
+                fingerprint, method, w_hash, mpp=mpp, tissue=tissue,
                 stain=stain.as_dict() if isinstance(stain, StainStats) else bool(stain),
             )  # fmt: skip
             signatures[path] = signature
@@ -306,7 +311,7 @@ def run_cohort(
                 except (OSError, ValueError) as exc:
                     failed(path, exc)
                     continue
-                report(_row(path, meta, meta["n_points"], 0.0, formats, reused=True))
+                report(_row(path, meta, meta["n_points"], 0.0, reused=True))
             else:
                 todo.append(path)
 
@@ -351,13 +356,7 @@ def run_cohort(
 
 
 def _row(
-    path: Path,
-    meta: dict[str, Any],
-    n_points: int,
-    seconds: float,
-    formats: Sequence[str],
-    *,
-    reused: bool,
+    path: Path, meta: dict[str, Any], n_points: int, seconds: float, *, reused: bool
 ) -> SlideResult:
     """A done slide's manifest row from its outputs' metadata."""
     run = meta.get("run", {})
