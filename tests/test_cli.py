@@ -284,3 +284,8 @@ def test_import_is_lazy() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == ""
     assert np.__name__  # numpy is fine to import
+    import wsidet
+
+    # Every public name resolves (lazily) to the object its module defines.
+    for name in wsidet.__all__:
+        assert getattr(wsidet, name) is not None, name

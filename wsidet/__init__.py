@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from wsidet._version import __version__
 
 if TYPE_CHECKING:
+    from wsidet.cohort import run_cohort
     from wsidet.io import read_detections, write_detections
     from wsidet.methods import get_method, list_methods
     from wsidet.pipeline import detect_slide
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 # Public name -> module that defines it; resolved on first access (PEP 562).
 _LAZY = {
     "detect_slide": "wsidet.pipeline",
+    "run_cohort": "wsidet.cohort",
     "open_slide": "wsidet.slide",
     "Slide": "wsidet.slide",
     "read_detections": "wsidet.io",
@@ -36,6 +38,7 @@ __all__ = [
     "list_methods",
     "open_slide",
     "read_detections",
+    "run_cohort",
     "write_detections",
 ]
 
