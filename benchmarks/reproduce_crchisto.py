@@ -105,11 +105,13 @@ def run_fold(name: str, fold: int, out: Path, args: argparse.Namespace) -> dict[
         )
         weights = result.weights
         method = method_from_weights(weights, name)
+        # Summed over the epoch log, so a run resumed across sessions reports all its training.
+        train_minutes = sum(h.seconds for h in result.history) / 60
     else:  # nothing to train: choose the threshold on the training fold
         detector = Detector(method, device=args.device)
         threshold, _ = choose_threshold(method, predict(detector, load(train_pairs)), radius=6.0)
         method = method.replace(**{method.threshold_param: threshold})
-    train_minutes = (time.perf_counter() - started) / 60
+        train_minutes = (time.perf_counter() - started) / 60
     detector = Detector(method, weights=weights, device=args.device)
     predictions = predict(detector, load(test_pairs))
     at6 = evaluate_predictions(method, predictions, radius=6.0)
