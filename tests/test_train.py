@@ -23,7 +23,7 @@ from wsidet.methods.base import Method
 from wsidet.train.augment import Augment, dihedral, hed_jitter
 from wsidet.train.checkpoint import save_weights
 from wsidet.train.dataset import ImageSource, PointDataset, SlideSource, Window, load_source
-from wsidet.train.loop import TrainConfig, train
+from wsidet.train.loop import TrainConfig, cosine_lr, lr_horizon, train
 from wsidet.train.sources import AnnotationError, find_pairs, read_points, select_fold
 from wsidet.weights import method_from_weights, resolve_method
 
@@ -500,3 +500,17 @@ def test_evaluate_runs_a_method_without_weights(tmp_path: Path, capsys) -> None:
     code = main(["evaluate", *data])
     _, err = capsys.readouterr()
     assert code == 1 and "--method" in err
+
+
+def test_a_time_budget_anneals_the_learning_rate_by_the_time_it_runs_out() -> None:
+    """Under max_minutes the cosine's horizon is what the budget buys at the pace so far."""
+    budgeted = small_config(400, max_minutes=1.0)
+    assert lr_horizon(budgeted, []) == 400  # nothing measured yet: epoch 0 is at full rate anyway
+    assert lr_horizon(budgeted, [10.0, 10.0]) == 6  # 60 s at 10 s an epoch
+    assert lr_horizon(budgeted, [10.0, 20.0]) == 4  # the mean pace, 15 s
+    assert lr_horizon(budgeted, [10.0] * 9) == 10  # over budget: never behind the current epoch
+    assert lr_horizon(small_config(4, max_minutes=1.0), [1.0]) == 4  # epochs still bound it
+    assert lr_horizon(small_config(400), [10.0] * 3) == 400  # no budget: the epochs
+    # The last epoch the budget pays for runs below a tenth of the starting rate.
+    lr = budgeted.lr
+    assert cosine_lr(5, lr_horizon(budgeted, [10.0] * 5), lr) < 0.1 * lr

@@ -50,7 +50,8 @@ class TrainConfig:
         Patch edge (rounded up to the method's stride).
     lr : float
         Learning rate of the first epoch; it follows a cosine down to ``lr / 50`` at
-        ``epochs`` (see :func:`cosine_lr`).
+        ``epochs``, or at the epoch where ``max_minutes`` runs out when that comes first (see
+        :func:`cosine_lr` and :func:`lr_horizon`).
     weight_decay : float
     optimizer : str
         ``"adamw"`` or ``"sgd"`` (Nesterov momentum 0.9, as MicroNet's paper).
@@ -125,6 +126,32 @@ class TrainResult:
     best_epoch: int
     best_score: float
     history: list[EpochLog]
+
+
+def lr_horizon(config: TrainConfig, epoch_seconds: list[float]) -> int:
+    """The epoch at which the learning-rate cosine should reach its floor.
+
+    ``config.epochs``, or, under a time budget, the number of epochs the budget buys at the
+    mean pace so far, whichever is smaller: a run stopped by its budget has then annealed
+    instead of stopping at full learning rate. Computed from the epoch log alone, so a
+    resumed run (on a slower or faster machine) re-plans from where it stands.
+
+    Parameters
+    ----------
+    config : TrainConfig
+    epoch_seconds : list of float, shape (n_epochs_done,)
+        Seconds each finished epoch took, over every session of the run.
+
+    Returns
+    -------
+    int
+        At least ``len(epoch_seconds) + 1``, at most ``config.epochs``.
+    """
+    if config.max_minutes is None or not epoch_seconds:
+        return config.epochs
+    pace = sum(epoch_seconds) / len(epoch_seconds)
+    affordable = math.ceil(config.max_minutes * 60 / max(pace, 1e-9))
+    return max(len(epoch_seconds) + 1, min(config.epochs, affordable))
 
 
 #: The cosine ends at ``lr / LR_FLOOR``.
@@ -267,7 +294,7 @@ def train(
             logger.info("stopping: time budget of %g minutes spent", config.max_minutes)
             break
         epoch_start = time.perf_counter()
-        lr = cosine_lr(epoch, config.epochs, config.lr)
+        lr = cosine_lr(epoch, lr_horizon(config, [h.seconds for h in history]), config.lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
         network.train()
