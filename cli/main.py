@@ -250,24 +250,33 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from wsidet.methods import get_method, list_methods
+    from wsidet.methods import DEFAULT_METHOD, get_method, list_methods
+    from wsidet.weights import bundled_methods
 
+    bundled = set(bundled_methods())
     rows = []
     for name in list_methods():
         method = get_method(name)
+        if not method.trainable:
+            weights = "none needed"
+        elif name in bundled:
+            weights = "bundled"
+        else:
+            weights = "--weights FILE"
         rows.append(
             (
-                name,
+                f"{name} *" if name == DEFAULT_METHOD else name,
                 f"{method.mpp:g}",
                 str(method.halo),
-                "yes" if method.trainable else "no",
+                weights,
                 type(method).summary,
             )
         )
-    header = ("name", "µm/px", "halo", "trainable", "summary")
+    header = ("name", "µm/px", "halo", "weights", "summary")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     for row in [header, *rows]:
-        print("  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)), row[4])
+        print(*(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)), row[4], sep="  ")
+    print(f"* the default: `wsidet run` uses {DEFAULT_METHOD} unless given --method or --weights")
     return EXIT_OK
 
 

@@ -266,8 +266,10 @@ def test_weights_must_match(
 def test_methods_and_info(sample_slide: Path, capsys) -> None:
     code, out, _ = run_cli(["methods"], capsys)
     assert code == 0 and "halo" in out
-    for name in ("log", "mapde", "proximity", "fcrn_a", "fcrn_b", "micronet", "voca"):
-        assert f"\n{name} " in out
+    rows = {line.split()[0]: line for line in out.splitlines()[1:-1]}
+    assert sorted(rows) == ["fcrn_a", "fcrn_b", "log", "mapde", "micronet", "proximity", "voca"]
+    assert "voca *" in rows["voca"] and "bundled" in rows["voca"]
+    assert "none needed" in rows["log"] and "--weights FILE" in rows["mapde"]
     code, out, _ = run_cli(["info", str(sample_slide)], capsys)
     assert code == 0 and "0.499" in out and "2967 x 2220" in out and "tissue" in out
     code, out, _ = run_cli(["info", str(sample_slide), "--json"], capsys)
