@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from wsidet.limits import Range
+
+
+PICKLE_HELP = (
+    "also read weights from a torch pickle file (loading one can run code: only for files "
+    "you trust)"
+)
 
 
 def parse_params(items: Sequence[str]) -> dict[str, str]:
@@ -28,31 +39,33 @@ def formats_arg(text: str) -> list[str]:
     return formats
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
+def bounded(kind: type[int] | type[float], low: float, high: float, why: str = "") -> Any:
+    """An argparse type: a finite ``kind`` number in ``[low, high]``; the message says why."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except (TypeError, ValueError, OverflowError):
+            name = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from None
+        if not math.isfinite(value) or not low <= value <= high:
+            reason = f": {why}" if why else ""
+            raise argparse.ArgumentTypeError(
+                f"must be in [{low:g}, {high:g}], got {text!r}{reason}"
+            )
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+def limited(kind: type[int] | type[float], allowed: Range) -> Any:
+    """An argparse type for one of the library's :class:`wsidet.limits.Range`."""
+    return bounded(kind, allowed.low, allowed.high, allowed.why)

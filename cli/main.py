@@ -7,29 +7,37 @@ Errors the user can fix are printed as one line (``wsidet: error: ...``) with ex
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from wsidet._version import __version__
 
-from .args import formats_arg, non_negative_int, parse_params, positive_float, positive_int
+from .args import PICKLE_HELP, OneLineParser, bounded, formats_arg, limited, parse_params
 from .training import add_parsers as add_training_parsers
 from .training import cmd_evaluate, cmd_train
 
-EXIT_OK, EXIT_ERROR = 0, 1
+EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from wsidet import limits
+    from wsidet.cluster import DEFAULT_DASHBOARD
     from wsidet.engine import DEFAULT_TILE
     from wsidet.methods import DEFAULT_METHOD
     from wsidet.tiling import DEFAULT_CHUNK
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="wsidet", description="Whole-slide cell detection: one point per nucleus."
+    )
+    mpp_help = (
+        f"level-0 µm/px, overriding the file ({limits.MPP.low:g}-{limits.MPP.high:g}; "
+        "40x is about 0.25, 20x about 0.5)"
     )
     parser.add_argument("--version", action="version", version=f"wsidet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -44,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"detection method (default: the one --weights were made for, else {DEFAULT_METHOD})",
     )
     run.add_argument("--weights", metavar="FILE", help="weights of a trained method")
+    run.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     run.add_argument(
         "--param",
         action="append",
@@ -51,22 +60,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a method parameter, e.g. --param threshold=0.3 (repeatable)",
     )
-    run.add_argument("--mpp", type=positive_float, help="level-0 µm/px, overriding the file")
+    run.add_argument("--mpp", type=limited(float, limits.MPP), help=mpp_help)
     run.add_argument(
         "--chunk",
-        type=positive_int,
+        type=limited(int, limits.CHUNK),
         default=DEFAULT_CHUNK,
         help=f"dask chunk edge in working pixels, aligned to the TIFF tiles "
         f"(default: {DEFAULT_CHUNK})",
     )
     run.add_argument(
         "--tile",
-        type=positive_int,
+        type=limited(int, limits.TILE),
         default=DEFAULT_TILE,
         help=f"model tile edge in pixels: smaller needs less memory (default: {DEFAULT_TILE})",
     )
     run.add_argument(
-        "--batch-size", type=positive_int, help="model tiles per forward pass (4 on GPU, 1 on CPU)"
+        "--batch-size",
+        type=limited(int, limits.BATCH),
+        help="model tiles per forward pass (4 on GPU, 1 on CPU)",
     )
     run.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     run.add_argument(
@@ -91,11 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="none (this process), local (a cluster on this machine), or tcp://HOST:PORT "
         "(default: local for several slides, else none)",
     )
-    run.add_argument("--workers", type=positive_int, help="local cluster worker processes")
-    run.add_argument("--threads-per-worker", type=positive_int)
+    run.add_argument("--workers", type=bounded(int, 1, 1024), help="local cluster worker processes")
+    run.add_argument("--threads-per-worker", type=bounded(int, 1, 1024))
+    run.add_argument(
+        "--dashboard-address",
+        default=DEFAULT_DASHBOARD,
+        metavar="HOST:PORT",
+        help=f"where a local cluster's dashboard listens (default: {DEFAULT_DASHBOARD}, this "
+        "machine only; 0.0.0.0:8787 opens it to the network)",
+    )
     run.add_argument(
         "--gpus",
-        type=non_negative_int,
+        type=bounded(int, 0, 1024),
         help="GPUs on a local cluster, one worker each (default: all CUDA devices present)",
     )
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -106,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="levels, pixel size and tissue of a slide")
     info.add_argument("slide", metavar="SLIDE")
-    info.add_argument("--mpp", type=positive_float, help="level-0 µm/px, overriding the file")
+    info.add_argument("--mpp", type=limited(float, limits.MPP), help=mpp_help)
     info.add_argument("--json", action="store_true", help="print JSON")
     info.add_argument("--debug", action="store_true")
 
@@ -179,7 +197,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from wsidet.cohort import CohortProgress, find_slides, run_cohort
     from wsidet.weights import resolve_method
 
-    method, weights = resolve_method(args.method, args.weights, **parse_params(args.param))
+    method, weights = resolve_method(
+        args.method, args.weights, allow_pickle=args.allow_pickle, **parse_params(args.param)
+    )
     slides = find_slides(args.slides)
     # Import the heavy libraries now, so a slide's timing measures the slide, not start-up.
     import dask.array  # noqa: F401
@@ -199,6 +219,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             workers=args.workers,
             threads_per_worker=args.threads_per_worker,
             gpus=gpus,
+            dashboard_address=args.dashboard_address,
         )
     bars = _Bars(len(slides), quiet=args.quiet)
     several = len(slides) > 1
@@ -228,6 +249,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             tissue=not args.no_tissue,
             stain=args.stain_normalise,
+            allow_pickle=args.allow_pickle,
             mpp=args.mpp,
             formats=args.format,
             overwrite=args.overwrite,
@@ -332,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.debug:
         # tifffile logs what it repairs or rejects; the error we raise already says it once.
         for noisy in ("tifffile", "tiffslide", "distributed", "numexpr"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
+            logging.getLogger(noisy).setLevel(logging.CRITICAL)
     commands = {
         "run": cmd_run,
         "methods": cmd_methods,
@@ -344,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return commands[args.command](args)
     except KeyboardInterrupt:
         print("wsidet: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:
         if args.debug:
             raise
@@ -352,5 +374,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
+class Stopped(BaseException):
+    """SIGINT or SIGTERM arrived: unwind (temporary files are removed), then leave."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _leave_now(signum: int, frame: Any) -> None:
+    # A second signal while unwinding: the user means it.
+    os._exit(128 + signum)
+
+
+def _stop(signum: int, frame: Any) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _leave_now)
+    raise Stopped(signum)
+
+
+def entry(argv: Sequence[str] | None = None) -> NoReturn:
+    """The ``wsidet`` program: :func:`main`, stopping promptly on Ctrl-C and SIGTERM.
+
+    The first signal unwinds the main thread (a write in progress removes its temporary
+    file, a cluster is closed), prints one line and exits with 130 (SIGINT) or 143
+    (SIGTERM) without waiting for threads still inside a model tile; a second one exits
+    at once.
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop)
+    try:
+        code = main(argv)
+    except Stopped as stop:
+        word = "interrupted" if stop.signum == signal.SIGINT else "terminated"
+        print(f"wsidet: {word}", file=sys.stderr)
+        code = 128 + stop.signum
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    # Worker threads of dask's pool may be inside a model tile; they hold nothing to save.
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -8,7 +8,9 @@ import random
 from pathlib import Path
 from typing import Any
 
-from .args import parse_params
+from wsidet.limits import MPP
+
+from .args import PICKLE_HELP, bounded, limited, parse_params
 
 EXIT_OK = 0
 
@@ -27,7 +29,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         "--one-based", action="store_true", help="CSV coordinates are 1-based (MATLAB, CRCHisto)"
     )
     parser.add_argument(
-        "--image-mpp", type=float, help="µm/px of plain images (default: the method's)"
+        "--image-mpp",
+        type=limited(float, MPP),
+        help="µm/px of plain images (default: the method's)",
     )
     parser.add_argument("--device", help="cpu, cuda or cuda:N")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
@@ -39,37 +43,64 @@ def add_parsers(sub: Any) -> None:
     train.add_argument("--method", required=True)
     add_data_arguments(train)
     train.add_argument("--out", required=True, metavar="DIR")
-    train.add_argument("--epochs", type=int, default=100)
-    train.add_argument("--minutes", type=float, help="time budget (stops after the epoch)")
-    train.add_argument("--samples-per-epoch", type=int, default=512)
-    train.add_argument("--batch-size", type=int, default=8)
-    train.add_argument("--patch", type=int, default=128)
-    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--epochs", type=bounded(int, 1, 100_000), default=100)
+    train.add_argument(
+        "--minutes",
+        type=bounded(float, 0.01, 1e6),
+        help="time budget (stops after the epoch)",
+    )
+    train.add_argument("--samples-per-epoch", type=bounded(int, 1, 10**8), default=512)
+    train.add_argument("--batch-size", type=bounded(int, 1, 4096), default=8)
+    train.add_argument(
+        "--patch",
+        type=bounded(int, 16, 8192, "patches are cut at the method's scale"),
+        default=128,
+    )
+    train.add_argument("--lr", type=bounded(float, 1e-9, 10.0), default=1e-3)
     train.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
-    train.add_argument("--patience", type=int, default=15)
-    train.add_argument("--val-fraction", type=float, default=0.15, help="of the training images")
-    train.add_argument("--radius", type=float, default=6.0, help="validation matching radius (px)")
+    train.add_argument("--patience", type=bounded(int, 1, 100_000), default=15)
+    train.add_argument(
+        "--val-fraction",
+        type=bounded(float, 0.01, 0.9),
+        default=0.15,
+        help="of the training images",
+    )
+    train.add_argument(
+        "--radius",
+        type=bounded(float, 0.1, 1000.0),
+        default=6.0,
+        help="validation matching radius (px)",
+    )
     train.add_argument(
         "--select-on",
         choices=["f1", "count"],
         default="f1",
         help="keep the weights with the best validation F1, or the lowest count error",
     )
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0)
     train.add_argument("--resume", action="store_true")
     train.add_argument(
         "--init",
         metavar="WEIGHTS",
         help="start from these weights (fine-tuning); 'bundled' for the ones wsidet ships",
     )
-    train.add_argument("--hed-jitter", type=float, default=0.05, help="stain jitter amplitude")
     train.add_argument(
-        "--intensity-jitter", type=float, default=0.1, help="brightness/contrast amplitude"
+        "--hed-jitter", type=bounded(float, 0.0, 1.0), default=0.05, help="stain jitter amplitude"
     )
     train.add_argument(
-        "--scale-jitter", type=float, default=0.0, help="patches resized by U(1 ± this)"
+        "--intensity-jitter",
+        type=bounded(float, 0.0, 1.0),
+        default=0.1,
+        help="brightness/contrast amplitude",
+    )
+    train.add_argument(
+        "--scale-jitter",
+        type=bounded(float, 0.0, 0.9),
+        default=0.0,
+        help="patches resized by U(1 ± this)",
     )
     train.add_argument("-q", "--quiet", action="store_true")
+    train.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
 
     evaluate = sub.add_parser(
         "evaluate", help="score a method (its weights) against annotated images"
@@ -79,10 +110,11 @@ def add_parsers(sub: Any) -> None:
         help="trained weights (default: the method's bundled ones; none for untrained methods)",
     )
     evaluate.add_argument("--method", help="method (default: the one the weights name)")
+    evaluate.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     add_data_arguments(evaluate)
     evaluate.add_argument(
         "--radius",
-        type=float,
+        type=bounded(float, 0.1, 1000.0),
         action="append",
         help="matching radius in px (repeatable; default 6)",
     )
@@ -137,7 +169,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise WeightsError(f"wsidet ships no weights for method {args.method!r}")
     if init is not None:
         # The network is fixed by the weights; --param may change decoding only.
-        method = method_from_weights(init, args.method, **parse_params(args.param))
+        method = method_from_weights(
+            init, args.method, allow_pickle=args.allow_pickle, **parse_params(args.param)
+        )
     else:
         method = get_method(args.method, **parse_params(args.param))
     pairs = _pairs(args)
@@ -189,6 +223,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.out,
         resume=args.resume,
         init_weights=init,
+        allow_pickle=args.allow_pickle,
         on_epoch=show,
         data_record={**_data_record(args), "validation_keys": [p.key for p in val_pairs]},
     )
@@ -210,7 +245,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ValueError("give --weights, or a --method (with --param to set its parameters)")
     # Weights fix the method; a trainable method alone gets its bundled weights; a method with
     # nothing to train runs as its parameters say.
-    method, weights = resolve_method(args.method, args.weights, **parse_params(args.param))
+    method, weights = resolve_method(
+        args.method, args.weights, allow_pickle=args.allow_pickle, **parse_params(args.param)
+    )
     if method.trainable and weights is None:
         raise WeightsError(
             f"method {method.name!r} needs trained weights and wsidet ships none: give --weights"
@@ -223,12 +260,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ]
     reference = None
     if args.stain_normalise:
-        reference = stain_reference(weights) if weights is not None else None
+        reference = (
+            stain_reference(weights, allow_pickle=args.allow_pickle)
+            if weights is not None
+            else None
+        )
         if reference is None:
             raise WeightsError(
                 "--stain-normalise needs weights that record the colours they were trained on"
             )
-    detector = Detector(method, weights=weights, device=args.device)
+    detector = Detector(method, weights=weights, device=args.device, allow_pickle=args.allow_pickle)
     predictions = predict(detector, sources, stain=reference)
     report: dict[str, Any] = {
         "method": method.name,

@@ -161,12 +161,19 @@ def test_weights_round_trip_and_mismatches(tmp_path: Path) -> None:
 
     pt = tmp_path / "tiny.pt"
     torch.save(trained.state_dict(), pt)
-    Detector(method, weights=pt, device="cpu")  # plain torch state dicts load with weights_only
+    # A torch file is a pickle: refused unless asked for, then read with weights_only.
+    with pytest.raises(WeightsError, match=r"torch pickle file.*--allow-pickle"):
+        Detector(method, weights=pt, device="cpu")
+    Detector(method, weights=pt, device="cpu", allow_pickle=True)
 
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x00" * 64)
-    with pytest.raises(WeightsError, match="cannot read weights"):
+    with pytest.raises(WeightsError, match="not a safetensors file"):
         Detector(method, weights=junk, device="cpu")
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(WeightsError, match="corrupt safetensors file"):
+        Detector(method, weights=corrupt, device="cpu")
     with pytest.raises(WeightsError, match="not found"):
         Detector(method, weights=tmp_path / "absent.safetensors", device="cpu")
     with pytest.raises(WeightsError, match="takes no weights"):

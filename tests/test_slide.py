@@ -167,7 +167,22 @@ def test_truncated_files(tmp_path: Path, sample_slide: Path, blob_slide: BlobSli
         open_slide(cut)
     data = blob_slide.path.read_bytes()
     cut = tmp_path / "cut.tif"
-    cut.write_bytes(data[: len(data) // 2])  # directory first: tiles fail when read
-    slide = open_slide(cut)
-    with pytest.raises(SlideReadError, match="cannot read"):
+    cut.write_bytes(data[: len(data) // 2])  # directory first: its tiles end past the file
+    with pytest.raises(SlideFormatError, match=r"cannot read .* \(truncated file\?\)"):
+        open_slide(cut)
+
+
+def test_a_corrupt_tile_fails_its_read_once(tmp_path: Path, blob_slide: BlobSlide) -> None:
+    import tifffile
+
+    data = bytearray(blob_slide.path.read_bytes())
+    with tifffile.TiffFile(blob_slide.path) as tf:
+        page = tf.series[0].levels[0].keyframe
+        offset, count = page.dataoffsets[1], page.databytecounts[1]
+    data[offset + 2 : offset + count] = bytes(count - 2)  # keep the JPEG start marker only
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(bytes(data))
+    slide = open_slide(bad)  # the header is sound
+    assert slide.read_region(0, 0, 200, 200).shape == (200, 200, 3)  # tile 0 is intact
+    with pytest.raises(SlideReadError, match="tile 1 is corrupt"):
         slide.read_region(0, 0, 1200, 1600)

@@ -21,6 +21,11 @@ them at every spawn, restarts included), both measured to matter for inference:
   keeps up to 256 MiB of freed memory for reuse.
 
 Remote clusters keep their own settings: start their workers with the same environment.
+
+A local cluster listens on the loopback interface only (scheduler, workers, nannies and the
+dashboard): an unauthenticated dask scheduler runs any Python it is sent, so it must not be
+reachable from the network unless the user asks (``dashboard_address`` for the dashboard;
+a cluster of several machines is one the user starts and names with its address).
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ from wsidet.errors import WsidetError
 logger = logging.getLogger(__name__)
 
 GPU_RESOURCE = "GPU"
+#: Where local clusters listen: this machine only.
+LOOPBACK = "127.0.0.1"
+#: The dashboard of a local cluster, on this machine only (dask's default is every interface).
+DEFAULT_DASHBOARD = f"{LOOPBACK}:8787"
 
 
 class ClusterError(WsidetError, RuntimeError):
@@ -124,6 +133,7 @@ def start_client(
     threads_per_worker: int | None = None,
     gpus: int = 0,
     processes: bool = True,
+    dashboard_address: str = DEFAULT_DASHBOARD,
 ) -> tuple[Any, str | None]:
     """A ``distributed.Client`` and the resource name GPU tasks should ask for.
 
@@ -138,6 +148,9 @@ def start_client(
     processes : bool
         Workers as processes (the default, so a crash or a lost worker does not take the
         driver with it) or threads.
+    dashboard_address : str
+        Where a local cluster's dashboard listens (default: this machine only); e.g.
+        ``"0.0.0.0:8787"`` to reach it from elsewhere.
 
     Returns
     -------
@@ -162,17 +175,25 @@ def start_client(
                 from dask_cuda import LocalCUDACluster  # type: ignore[import-not-found]
             except ImportError:
                 with spawning(threads):
-                    cluster: Any = gpu_cluster(gpus, threads)
+                    cluster: Any = gpu_cluster(gpus, threads, dashboard_address=dashboard_address)
             else:
                 with spawning(threads):
                     cluster = LocalCUDACluster(
-                        n_workers=gpus, threads_per_worker=threads, resources={GPU_RESOURCE: 1}
+                        n_workers=gpus,
+                        threads_per_worker=threads,
+                        resources={GPU_RESOURCE: 1},
+                        host=LOOPBACK,
+                        dashboard_address=dashboard_address,
                     )
         else:
             n_workers, threads = default_layout(cores, workers, threads_per_worker)
             with spawning(threads):
                 cluster = LocalCluster(
-                    n_workers=n_workers, threads_per_worker=threads, processes=processes
+                    n_workers=n_workers,
+                    threads_per_worker=threads,
+                    processes=processes,
+                    host=LOOPBACK,
+                    dashboard_address=dashboard_address,
                 )
         client = Client(cluster)
     else:
@@ -196,11 +217,12 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def gpu_cluster(gpus: int, threads: int, *, dashboard_address: str = ":8787") -> Any:
+def gpu_cluster(gpus: int, threads: int, *, dashboard_address: str = DEFAULT_DASHBOARD) -> Any:
     """A local cluster of one worker process per GPU, without dask-cuda.
 
     Each worker's nanny starts it with ``CUDA_VISIBLE_DEVICES`` set to its one GPU (so
-    ``cuda`` in that worker is its own device) and offers ``GPU=1``.
+    ``cuda`` in that worker is its own device) and offers ``GPU=1``. Scheduler, nannies and
+    workers listen on the loopback interface only.
 
     Raises
     ------
@@ -219,12 +241,16 @@ def gpu_cluster(gpus: int, threads: int, *, dashboard_address: str = ":8787") ->
                 "nthreads": threads,
                 "resources": {GPU_RESOURCE: 1},
                 "env": {"CUDA_VISIBLE_DEVICES": device},
+                "host": LOOPBACK,
             },
         }
         for device in ids[:gpus]
     }
     return SpecCluster(
-        scheduler={"cls": Scheduler, "options": {"dashboard_address": dashboard_address}},
+        scheduler={
+            "cls": Scheduler,
+            "options": {"host": LOOPBACK, "dashboard_address": dashboard_address},
+        },
         workers=workers,
     )
 

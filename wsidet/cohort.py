@@ -20,6 +20,7 @@ With ``gpu_resource`` set, chunk tasks ask for that worker resource at compute t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -31,10 +32,19 @@ from typing import Any
 
 from wsidet.engine import DEFAULT_TILE
 from wsidet.errors import OutputExistsError, SlideNotFoundError, WsidetError
-from wsidet.io import output_paths, read_detections, write_detections
-from wsidet.manifest import MANIFEST, ManifestWriter, SlideResult, load_rows, read_manifest
+from wsidet.io import clean_stale_temporaries, output_paths, read_detections, write_detections
+from wsidet.limits import check_block_memory, check_run_numbers
+from wsidet.manifest import (
+    MANIFEST,
+    ManifestError,
+    ManifestWriter,
+    SlideResult,
+    load_rows,
+    read_manifest,
+)
 from wsidet.methods.base import Method
 from wsidet.pipeline import SlidePlan, detect_slide, plan_slide
+from wsidet.reader import file_problem
 from wsidet.resume import output_state, run_signature, slide_fingerprint
 from wsidet.slide import slide_id_for
 from wsidet.stain import StainStats
@@ -109,7 +119,9 @@ class CohortProgress:
 def find_slides(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Slides named directly, or found (non-recursively) in named folders, in order.
 
-    A file named twice (also under different spellings of its path) counts once.
+    A file named twice (also under different spellings of its path) counts once. Entries
+    that cannot be slides (a symlink loop, a FIFO, a device, a broken link) are kept: each
+    then fails as its own slide, with the reason, while the others run.
 
     Raises
     ------
@@ -119,17 +131,26 @@ def find_slides(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     found: list[Path] = []
     for item in paths:
         p = Path(item)
-        if p.is_dir():
-            found += sorted(
-                f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(SLIDE_ENDINGS)
-            )
+        if file_problem(p) == "a folder, not a file":
+            try:
+                entries = sorted(p.iterdir())
+            except OSError:
+                found.append(p)  # fails as a slide, saying why
+                continue
+            found += [
+                f
+                for f in entries
+                if f.name.lower().endswith(SLIDE_ENDINGS)
+                and file_problem(f) != "a folder, not a file"
+            ]
         else:
-            found.append(p)  # a missing file fails later, as that slide's error
-    seen: set[Path] = set()
+            found.append(p)  # a missing or unreadable file fails later, as that slide's error
+    seen: set[str] = set()
     unique: list[Path] = []
     for p in found:
-        if p.resolve() not in seen:
-            seen.add(p.resolve())
+        real = os.path.realpath(p)  # unlike Path.resolve, never raises on a symlink loop
+        if real not in seen:
+            seen.add(real)
             unique.append(p)
     if not unique:
         raise CohortError("no slides found in the paths given")
@@ -181,6 +202,7 @@ def run_cohort(
     tissue: bool = True,
     mpp: float | None = None,
     stain: bool | StainStats = False,
+    allow_pickle: bool = False,
     formats: Sequence[str] = ("parquet",),
     overwrite: bool = False,
     gpu_resource: str | None = None,
@@ -204,8 +226,9 @@ def run_cohort(
         Weights of a trainable method.
     client : distributed.Client, optional
         Where to compute; None: in this process.
-    chunk, device, tile, batch_size, tissue, mpp, stain
-        As for :func:`wsidet.detect_slide`.
+    chunk, device, tile, batch_size, tissue, mpp, stain, allow_pickle
+        As for :func:`wsidet.detect_slide`; the numbers must lie in the ranges of
+        :mod:`wsidet.limits`.
     formats : sequence of str
         Output formats. Parquet is always written: it carries the run's metadata and
         signature, which resuming reads.
@@ -230,8 +253,12 @@ def run_cohort(
     CohortError
         No slides, colliding slide ids, an output folder that cannot be written, or a GPU
         resource no worker has.
+    ParameterError
+        A number out of range, or one block would not fit in memory.
     WeightsError, DeviceError
         The method cannot run (checked once, before any slide).
+    ManifestError
+        The manifest could not be written at the end (the slides' outputs are written).
     """
     from wsidet.engine import DetectorSpec
     from wsidet.engine import weights_hash as hash_weights
@@ -239,15 +266,18 @@ def run_cohort(
 
     started = time.perf_counter()
     out_dir = Path(out)
+    check_run_numbers(mpp=mpp, chunk=chunk, tile=tile, batch_size=batch_size)
     slides = find_slides(paths)
     check_writable(out_dir)
     if not isinstance(method, Method):
-        method, resolved = resolve_method(method, weights)
+        method, resolved = resolve_method(method, weights, allow_pickle=allow_pickle)
         weights = resolved if weights is None else weights
     formats = list(dict.fromkeys(["parquet", *formats]))
     weights_path = os.fspath(weights) if weights is not None else None
     w_hash = hash_weights(weights_path) if weights_path else None
     progress = progress or CohortProgress()
+    for stale in clean_stale_temporaries(out_dir):
+        logger.info("removed %s, left by an interrupted run", stale)
     manifest = ManifestWriter(out_dir, load_rows(out_dir))
     finished: list[SlideResult] = []
     signatures: dict[Path, dict[str, Any]] = {}
@@ -255,7 +285,12 @@ def run_cohort(
     def report(result: SlideResult, *, keep_row: bool = False) -> None:
         # keep_row: the folder's row still describes its outputs (a refused slide).
         if not (keep_row and result.slide_id in manifest.rows):
-            manifest.put(result)
+            try:
+                manifest.put(result)
+            except ManifestError as exc:
+                # Outputs are the authority: go on; the rows are written with the next
+                # slide's, and the last attempt's error reaches the caller.
+                logger.info("%s; retrying after the next slide", exc)
         finished.append(result)
         if progress.on_slide is not None:
             progress.on_slide(result, len(finished), len(slides))
@@ -288,8 +323,10 @@ def run_cohort(
             if slide_id in RESERVED_IDS:
                 failed(path, CohortError(f"slide id {slide_id!r} is reserved; rename {path}"))
                 continue
-            if not path.is_file():
-                failed(path, SlideNotFoundError(f"slide not found: {str(path)!r}"))
+            problem = file_problem(path)
+            if problem is not None:
+                what = "slide not found" if problem == "not found" else f"not a slide: {problem}"
+                failed(path, SlideNotFoundError(f"{what}: {str(path)!r}"))
                 continue
             try:
                 fingerprint = slide_fingerprint(path)
@@ -318,12 +355,23 @@ def run_cohort(
         if todo:
             # Method, weights and device problems concern every slide: fail once, first.
             if stain is True:
-                required_stain_reference(weights_path, method.name)
+                required_stain_reference(weights_path, method.name, allow_pickle=allow_pickle)
+            spec = DetectorSpec(
+                method, weights=weights_path, device=device, allow_pickle=allow_pickle
+            )
             if client is None:
-                DetectorSpec(method, weights=weights_path, device=device).get()
+                spec.get()
             else:  # the driver may have no GPU: check the weights fit on its CPU
-                DetectorSpec(method, weights=weights_path, device="cpu").get()
+                DetectorSpec(
+                    method, weights=weights_path, device="cpu", allow_pickle=allow_pickle
+                ).get()
                 _check_resource(client, gpu_resource)
+            check_block_memory(
+                method,
+                chunk=chunk,
+                tile=tile,
+                batch_size=batch_size or spec.get_batch_size(),
+            )
         options = {
             "weights": weights_path,
             "mpp": mpp,
@@ -333,6 +381,7 @@ def run_cohort(
             "batch_size": batch_size,
             "tissue": tissue,
             "stain": stain,
+            "allow_pickle": allow_pickle,
         }
         if client is None:
             _run_local(todo, method, options, done, failed, progress)
@@ -344,8 +393,11 @@ def run_cohort(
                 todo, method, options, client, done, failed, progress,
                 gpu_resource=gpu_resource, retries=retries, max_in_flight=max_in_flight,
             )  # fmt: skip
-    finally:
-        manifest.flush()
+    except BaseException:
+        with contextlib.suppress(ManifestError):  # the first error is the one to report
+            manifest.flush()
+        raise
+    manifest.flush()
     order = {str(p): i for i, p in enumerate(slides)}
     finished.sort(key=lambda r: order.get(r.path, len(order)))
     return CohortSummary(

@@ -29,6 +29,7 @@ import numpy.typing as npt
 
 from wsidet.errors import DeviceError, WeightsError
 from wsidet.methods.base import Method
+from wsidet.weights.files import read_weights
 
 if TYPE_CHECKING:
     import torch
@@ -86,44 +87,16 @@ def weights_hash(path: str | os.PathLike[str] | None) -> str | None:
     return "sha256:" + digest.hexdigest()[:16]
 
 
-def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, str]]:
-    """Tensors and string metadata of a weights file (safetensors, or a plain torch file).
-
-    Torch files are read with ``weights_only=True``: nothing is unpickled but tensors.
-
-    Raises
-    ------
-    WeightsError
-        The file is missing or is neither format.
-    """
-    import torch
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise WeightsError(f"weights file not found: {path!r}")
-    try:
-        from safetensors import safe_open
-
-        with safe_open(path, framework="pt") as fh:
-            meta = dict(fh.metadata() or {})
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
-        return tensors, meta
-    except Exception as st_exc:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
-            raise WeightsError(
-                f"cannot read weights {path!r}: not a safetensors or torch file ({st_exc})"
-            ) from None
-    if isinstance(obj, Mapping) and "state_dict" in obj:
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(k, str) for k in obj):
-        raise WeightsError(f"weights {path!r} do not hold a state dict")
-    return dict(obj), {}
-
-
-def load_weights(network: torch.nn.Module, path: str | os.PathLike[str], method: Method) -> None:
+def load_weights(
+    network: torch.nn.Module,
+    path: str | os.PathLike[str],
+    method: Method,
+    *,
+    allow_pickle: bool = False,
+) -> None:
     """Load a weights file into ``network``, checking that it belongs to ``method``.
+
+    ``allow_pickle`` also reads torch pickle files (see :mod:`wsidet.weights.files`).
 
     Raises
     ------
@@ -136,7 +109,7 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike[str], method:
             f"method {method.name!r} has no trainable parameters and takes no weights "
             f"(got {os.fspath(path)!r})"
         )
-    tensors, meta = read_state_dict(path)
+    tensors, meta = read_weights(path, allow_pickle=allow_pickle)
     owner = meta.get("wsidet.method")
     if owner is not None and owner != method.name:
         raise WeightsError(
@@ -210,6 +183,8 @@ class Detector:
         fp16 autocast; default on for CUDA.
     network : torch.nn.Module, optional
         Use this network instead of building one (tests, training loops).
+    allow_pickle : bool
+        Also read weights from torch pickle files (they can run code when loaded).
 
     Raises
     ------
@@ -229,6 +204,7 @@ class Detector:
         batch_size: int | None = None,
         amp: bool | None = None,
         network: torch.nn.Module | None = None,
+        allow_pickle: bool = False,
     ) -> None:
         import torch
 
@@ -241,14 +217,14 @@ class Detector:
         if network is None:
             network = method.build_network()
             if weights is not None:
-                load_weights(network, weights, method)
+                load_weights(network, weights, method, allow_pickle=allow_pickle)
             elif method.trainable:
                 raise WeightsError(
                     f"method {method.name!r} needs trained weights; pass weights= "
                     "(CLI: --weights FILE)"
                 )
         elif weights is not None:
-            load_weights(network, weights, method)
+            load_weights(network, weights, method, allow_pickle=allow_pickle)
         self.network = network.to(self.device).eval()
         self.amp = (self.device.type == "cuda") if amp is None else bool(amp)
         self.batch_size = int(batch_size)
@@ -396,6 +372,7 @@ class DetectorSpec:
     tile: int = DEFAULT_TILE
     batch_size: int | None = None
     amp: bool | None = None
+    allow_pickle: bool = False
 
     def get(self) -> Detector:
         """The resident detector for this spec in the current process (built on first use).
@@ -409,6 +386,17 @@ class DetectorSpec:
             stamp = (st.st_size, st.st_mtime_ns)
         with _RESIDENT_LOCK:
             return _resident_detector(self, stamp)
+
+    def get_batch_size(self) -> int:
+        """Tiles per forward pass the detector will use (the default of its device type)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        kind = (self.device or "cpu").split(":")[0]
+        if self.device is None:
+            import torch
+
+            kind = "cuda" if torch.cuda.is_available() else "cpu"
+        return DEFAULT_BATCH_SIZE.get(kind, 1)
 
     @property
     def weights_hash(self) -> str | None:
@@ -429,6 +417,7 @@ def _resident_detector(spec: DetectorSpec, stamp: tuple[int, int] | None) -> Det
         tile=spec.tile,
         batch_size=spec.batch_size,
         amp=spec.amp,
+        allow_pickle=spec.allow_pickle,
     )
 
 

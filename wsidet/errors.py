@@ -40,6 +40,10 @@ class MppUnknownError(SlideError, ValueError):
     """A physical pixel size is needed but the slide has none and no override was given."""
 
 
+class ScaleError(SlideError, ValueError):
+    """A slide cannot be read at the scale a method needs (far too coarse for it)."""
+
+
 class UnknownMethodError(WsidetError, KeyError):
     """No detection method is registered under the requested name."""
 
@@ -77,3 +81,7 @@ class ParameterError(WsidetError, ValueError):
 
 class NotTrainableError(WsidetError, TypeError):
     """Training was requested from a method with nothing to learn (e.g. ``log``)."""
+
+
+class PartialCohortWarning(UserWarning):
+    """An output folder read as a cohort is missing slides (failed, unlisted or out of bounds)."""

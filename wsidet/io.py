@@ -16,7 +16,10 @@ import functools
 import gzip
 import json
 import os
+import re
+import socket
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -24,7 +27,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from wsidet.errors import DetectionsFormatError, OutputExistsError
+from wsidet.errors import DetectionsFormatError, OutputExistsError, PartialCohortWarning
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -101,6 +104,63 @@ def ensure_free(paths: Sequence[str | os.PathLike[str]]) -> None:
             raise _exists_error(path)
 
 
+#: A temporary file of :func:`atomic_path`: ``.NAME.RANDOM.wsidet-HOST-PID.tmp``.
+_TEMP = re.compile(r"^\..+\.[^.]+\.wsidet-(?P<host>[^/]+)-(?P<pid>\d+)\.tmp$")
+#: Temporary files of another machine (a shared file system) are stale after this long.
+FOREIGN_TEMP_AGE = 24 * 3600.0
+
+
+def _temp_suffix() -> str:
+    return f".wsidet-{socket.gethostname()}-{os.getpid()}.tmp"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def clean_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove temporary files that a killed wsidet process left in ``folder``.
+
+    Only files named by :func:`atomic_path` are touched: those of a process of this machine
+    that no longer runs, and those of other machines older than :data:`FOREIGN_TEMP_AGE`.
+    A live run's temporary files (another run into the same folder) are left alone.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files removed.
+    """
+    import time
+
+    removed: list[Path] = []
+    host = socket.gethostname()
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP.match(entry.name)
+        if match is None:
+            continue
+        try:
+            if match["host"] == host:
+                stale = not _alive(int(match["pid"]))
+            else:
+                stale = time.time() - entry.stat().st_mtime > FOREIGN_TEMP_AGE
+            if stale:
+                entry.unlink()
+                removed.append(entry)
+        except OSError:
+            continue
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it to ``path`` on success.
@@ -114,7 +174,9 @@ def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
     if not overwrite:
         ensure_free([target])
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=_temp_suffix(), dir=target.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -285,23 +347,41 @@ def _read_geojson(path: Path) -> gpd.GeoDataFrame:
     return detections_frame(xy, scores, method=method, slide_id=slide_id, metadata=meta or None)
 
 
-def _cohort_files(folder: Path) -> list[Path]:
-    """Per-slide Parquet files of an output folder (those its manifest says are done)."""
+def _cohort_files(folder: Path) -> tuple[list[Path], dict[str, str]]:
+    """Per-slide Parquet files of an output folder, and the slides left out with the reason.
+
+    With a manifest, the files of its ``done`` slides; failed slides, Parquet files it does not
+    list, and rows whose file would lie outside the folder are left out (a manifest is data:
+    it must not send a reader elsewhere on the disk). Without one, every Parquet file.
+    """
     from wsidet.manifest import MANIFEST, load_rows
 
+    parquets = sorted(f for f in folder.glob("*.parquet") if f.name != MANIFEST)
     if not (folder / MANIFEST).is_file():
-        return sorted(f for f in folder.glob("*.parquet") if f.name != MANIFEST)
-    files = []
+        return parquets, {}
+    root = folder.resolve()
+    files: list[Path] = []
+    skipped: dict[str, str] = {}
     for row in load_rows(folder).values():
-        if row.status == "done":
-            file = folder / (row.output or f"{row.slide_id}.parquet")
-            if not file.is_file():
-                raise FileNotFoundError(
-                    f"the manifest of {str(folder)!r} lists {row.slide_id!r} as done, but "
-                    f"{str(file)!r} is missing; rerun the cohort to make it again"
-                )
-            files.append(file)
-    return sorted(files)
+        if row.status != "done":
+            skipped[row.slide_id] = f"{row.status}: {row.error}" if row.error else row.status
+            continue
+        name = row.output or f"{row.slide_id}.parquet"
+        file = folder / name
+        if file.resolve().parent != root or not name.endswith(".parquet"):
+            skipped[row.slide_id] = f"its manifest row names a file outside the folder ({name!r})"
+            continue
+        if not file.is_file():
+            raise FileNotFoundError(
+                f"the manifest of {str(folder)!r} lists {row.slide_id!r} as done, but "
+                f"{str(file)!r} is missing; rerun the cohort to make it again"
+            )
+        files.append(file)
+    listed = set(files)
+    for stray in parquets:
+        if stray not in listed and stray.stem not in skipped:
+            skipped[stray.stem] = "not listed as done in the manifest"
+    return sorted(files), skipped
 
 
 def read_detections(path: str | os.PathLike[str]) -> gpd.GeoDataFrame:
@@ -318,22 +398,38 @@ def read_detections(path: str | os.PathLike[str]) -> gpd.GeoDataFrame:
     -------
     geopandas.GeoDataFrame
         The detection schema; for a single Parquet file, ``attrs["wsidet"]`` holds the slide
-        and run metadata.
+        and run metadata; for a folder, ``attrs["wsidet"]["skipped"]`` maps each slide left
+        out to the reason.
+
+    Warns
+    -----
+    PartialCohortWarning
+        A folder's cohort is incomplete: some slides failed, are not listed as done, or are
+        listed with a file outside the folder. The warning names each and why.
     """
     import geopandas as gpd
     import pandas as pd
 
     p = Path(path)
     if p.is_dir():
-        files = _cohort_files(p)
+        files, skipped = _cohort_files(p)
+        if skipped:
+            listed = "; ".join(f"{k} ({v})" for k, v in sorted(skipped.items()))
+            warnings.warn(
+                f"read_detections({str(p)!r}): {len(skipped)} slide(s) left out: {listed}",
+                PartialCohortWarning,
+                stacklevel=2,
+            )
         if not files:
-            return detections_frame(np.zeros((0, 2)), np.zeros(0), method="", slide_id="")
+            empty = detections_frame(np.zeros((0, 2)), np.zeros(0), method="", slide_id="")
+            empty.attrs = {"wsidet": {"skipped": skipped}}
+            return empty
         frames = [gpd.read_parquet(f) for f in files]
         merged = pd.concat(frames, ignore_index=True)
         for col in ("method", "slide_id"):
             merged[col] = merged[col].astype("category")
         out = gpd.GeoDataFrame(merged, geometry="geometry", crs=None)
-        out.attrs = {}
+        out.attrs = {"wsidet": {"skipped": skipped}}
         return out
     if not p.is_file():
         raise FileNotFoundError(f"no detections at {str(p)!r}")

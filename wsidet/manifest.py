@@ -6,6 +6,11 @@ outputs a run refused to replace keeps the row that describes them. It is read t
 at most every few seconds during a run and once at its end, because outputs, not the
 manifest, are the authority on what is done (see :mod:`wsidet.resume`): a manifest that lags
 behind after a crash costs nothing.
+
+Several runs may write into one folder at once (two ``wsidet run`` on disjoint slides, or a
+cohort split over machines sharing a file system). Each write therefore takes a lock file in
+the folder (``.manifest.lock``), reads the manifest as it is on disk, puts this run's rows
+over it and replaces it, so no run's rows are lost to another's.
 """
 
 from __future__ import annotations
@@ -19,15 +24,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wsidet._version import __version__
+from wsidet.errors import WsidetError
 from wsidet.io import atomic_path
 
 if TYPE_CHECKING:
     import pandas as pd
 
 MANIFEST = "manifest.parquet"
+#: Lock file taken while the manifest is read, merged and replaced.
+LOCK = ".manifest.lock"
+#: Seconds to wait for another run's manifest write (each takes well under a second).
+LOCK_TIMEOUT = 60.0
 #: Seconds between manifest writes during a run (rewriting it after every slide of a
 #: cohort of thousands would cost time quadratic in the cohort).
 WRITE_INTERVAL = 10.0
+
+
+class ManifestError(WsidetError, OSError):
+    """The manifest of an output folder cannot be written."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)
@@ -170,23 +187,59 @@ class ManifestWriter:
         self.rows = dict(rows or {})
         self.interval = interval
         self._written = -math.inf
-        self._dirty = False
+        self._changed: dict[str, SlideResult] = {}
 
     def put(self, result: SlideResult) -> None:
-        """Set a slide's row, writing the manifest if the interval has passed."""
+        """Set a slide's row, writing the manifest if the interval has passed.
+
+        Raises
+        ------
+        ManifestError
+            The manifest cannot be written (see :meth:`flush`).
+        """
         self.rows[result.slide_id] = result
-        self._dirty = True
+        self._changed[result.slide_id] = result
         if time.monotonic() - self._written >= self.interval:
             self.flush()
 
     def flush(self) -> None:
-        """Write the manifest now if anything changed (and some slide is done)."""
-        import pandas as pd
+        """Merge this run's changed rows into the manifest on disk, under the folder's lock.
 
-        if not self._dirty or not any(r.status == "done" for r in self.rows.values()):
+        Nothing is written while no row is ``done``. Rows stay pending after a failed write
+        and go with the next one.
+
+        Raises
+        ------
+        ManifestError
+            The lock or the manifest cannot be written (a full disk, a read-only folder).
+        """
+        import pandas as pd
+        from filelock import FileLock, Timeout
+
+        if not self._changed:
             return
-        frame = pd.DataFrame([dataclasses.asdict(r) for r in self.rows.values()])
-        with atomic_path(self.out / MANIFEST, overwrite=True) as tmp:
-            frame.to_parquet(tmp, index=False)
+        path = self.out / MANIFEST
+        try:
+            if not self.out.is_dir():
+                if not any(r.status == "done" for r in self._changed.values()):
+                    return
+                self.out.mkdir(parents=True, exist_ok=True)
+            with FileLock(self.out / LOCK, timeout=LOCK_TIMEOUT):
+                merged = {**load_rows(self.out), **self._changed}
+                if not any(r.status == "done" for r in merged.values()):
+                    return
+                frame = pd.DataFrame([dataclasses.asdict(r) for r in merged.values()])
+                with atomic_path(path, overwrite=True) as tmp:
+                    frame.to_parquet(tmp, index=False)
+        except Timeout:
+            raise ManifestError(
+                f"cannot write the manifest {str(path)!r}: its lock {LOCK!r} was held for "
+                f"{LOCK_TIMEOUT:g} s by another run"
+            ) from None
+        except OSError as exc:
+            raise ManifestError(
+                f"cannot write the manifest {str(path)!r}: {exc.strerror or exc}"
+            ) from exc
+        self.rows.update(merged)
         self._written = time.monotonic()
-        self._dirty = False
+        self._changed.clear()

@@ -29,6 +29,7 @@ import numpy.typing as npt
 
 from wsidet._version import __version__
 from wsidet.engine import DEFAULT_TILE, Detections, DetectorSpec
+from wsidet.limits import check_block_memory
 from wsidet.methods import DEFAULT_METHOD
 from wsidet.methods.base import Method
 from wsidet.slide import Scale, Slide, open_slide
@@ -373,16 +374,22 @@ def plan_slide(
     batch_size: int | None = None,
     tissue: bool = True,
     stain: bool | StainStats = False,
+    allow_pickle: bool = False,
 ) -> SlidePlan:
     """Open a slide, choose its scale and chunks, and find the chunks on tissue.
 
     Parameters are those of :func:`detect_slide`. Reads only the slide's metadata, a
     low-resolution level (for the tissue mask) and, with ``stain``, a few windows of tissue.
+
+    Raises
+    ------
+    ParameterError
+        One block would not fit in the memory available (see :mod:`wsidet.limits`).
     """
     if not isinstance(slide, Slide):
         slide = open_slide(slide, mpp=mpp)
     if isinstance(method, str):
-        method, resolved = resolve_method(method, weights)
+        method, resolved = resolve_method(method, weights, allow_pickle=allow_pickle)
         weights = resolved if weights is None else weights
     spec = DetectorSpec(
         method,
@@ -390,7 +397,9 @@ def plan_slide(
         device=device,
         tile=tile,
         batch_size=batch_size,
+        allow_pickle=allow_pickle,
     )
+    check_block_memory(method, chunk=chunk, tile=tile, batch_size=spec.get_batch_size())
     scale = slide.scale_for_mpp(method.mpp)
     grid = Grid.aligned(
         scale.shape, halo=method.halo, chunk=chunk, tile=scale.tile, align=method.stride
@@ -401,7 +410,7 @@ def plan_slide(
         reference = (
             stain
             if isinstance(stain, StainStats)
-            else required_stain_reference(spec.weights, method.name)
+            else required_stain_reference(spec.weights, method.name, allow_pickle=allow_pickle)
         )
         normaliser = Reinhard(slide_stain_stats(slide, scale), reference)
     return SlidePlan(slide, spec, scale, grid, tuple(blocks), tissue, normaliser)
@@ -419,6 +428,7 @@ def detect_slide(
     batch_size: int | None = None,
     tissue: bool = True,
     stain: bool | StainStats = False,
+    allow_pickle: bool = False,
     progress: Progress | None = None,
     scheduler: Any = None,
 ) -> gpd.GeoDataFrame:
@@ -448,6 +458,8 @@ def detect_slide(
     stain : bool or StainStats
         Normalise the slide's colours (Reinhard, per slide) to those of the data the weights
         were trained on (True), or to given statistics, before detection.
+    allow_pickle : bool
+        Accept weights in a torch pickle file (loading one can run code).
     progress : callable, optional
         ``progress(done, total)`` over detection blocks.
     scheduler : optional
@@ -471,8 +483,10 @@ def detect_slide(
         batch_size=batch_size,
         tissue=tissue,
         stain=stain,
+        allow_pickle=allow_pickle,
     )
     if not (hasattr(scheduler, "compute") and hasattr(scheduler, "gather")):
         plan.spec.get()  # in this process: fail fast on weights/device before reading
+
     results = _compute(plan.tasks(), scheduler, progress)
     return plan.finish(results, time.perf_counter() - started)

@@ -1,10 +1,11 @@
 """Picklable, lazy array views of one slide level, for dask graphs that travel to workers.
 
-tiffslide's zarr store holds open file handles and cannot be pickled, so a dask array built
-directly on it cannot go to distributed workers. :class:`LevelReader` keeps only
-``(path, level)`` and reopens the slide once per process (a small cache keyed by path, size and
-modification time, so a file replaced on disk is reopened). :class:`ResampledReader` adds the
-remaining scale factor between a level and the pixel size a model wants.
+A dask array built on an open slide cannot go to distributed workers (open file handles do not
+pickle). :class:`LevelReader` keeps only ``(path, level)`` and reopens the slide once per
+process (a small cache keyed by path, size and modification time, so a file replaced on disk is
+reopened); its pixels are read tile by tile by :class:`wsidet.tiff.LevelTiles`.
+:class:`ResampledReader` adds the remaining scale factor between a level and the pixel size a
+model wants.
 
 Both expose ``shape``, ``dtype``, ``ndim`` and ``__getitem__`` with plain slices, which is what
 ``dask.array.from_array`` needs, and always return ``(rows, cols, 3)`` uint8 RGB.
@@ -12,6 +13,7 @@ Both expose ``shape``, ``dtype``, ``ndim`` and ``__getitem__`` with plain slices
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
@@ -20,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from wsidet.errors import SlideFormatError, SlideNotFoundError, SlideReadError
+from wsidet.errors import SlideFormatError, SlideNotFoundError
 from wsidet.resample import resample_weights, resample_window, resampled_size
+from wsidet.tiff import LevelTiles
 
 if TYPE_CHECKING:
     from tiffslide import TiffSlide
@@ -29,8 +32,77 @@ if TYPE_CHECKING:
 _OPEN_LOCK = threading.Lock()
 
 
-def open_tiffslide(path: str | os.PathLike[str]) -> TiffSlide:
-    """Open a slide with tiffslide, reusing an open handle in this process.
+class OpenSlideFile:
+    """A slide opened in this process: tiffslide's parse, a descriptor and the level readers.
+
+    Build with :func:`open_slide_file`; closed when dropped from the cache and collected.
+    """
+
+    def __init__(self, path: str, slide: TiffSlide, fd: int, size: int) -> None:
+        self.path = path
+        self.slide = slide
+        self.size = size
+        self._fd = fd
+        self._levels: dict[int, LevelTiles] = {}
+        self._lock = threading.Lock()
+
+    def level(self, index: int) -> LevelTiles:
+        """The tile reader of a pyramid level (its geometry checked on first use).
+
+        Raises
+        ------
+        SlideFormatError
+            The level's header does not fit the file (see :func:`wsidet.tiff.check_level`).
+        """
+        with self._lock:
+            tiles = self._levels.get(index)
+            if tiles is None:
+                series = self.slide.ts_tifffile.series[
+                    int(self.slide.properties.get("tiffslide.series-index", 0))
+                ]
+                page = series.levels[index].keyframe
+                tiles = LevelTiles(page, self._fd, self.size, f"{self.path!r} level {index}")
+                self._levels[index] = tiles
+            return tiles
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
+def file_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` is not a regular file that can be opened, in a few words (None if it is).
+
+    Never blocks: a FIFO is recognised by its type, not opened.
+    """
+    import errno
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symlink loop"
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "not found" if not os.path.islink(path) else "a broken symlink"
+        return exc.strerror or type(exc).__name__
+    kinds = (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    for test, what in kinds:
+        if test(mode):
+            return f"{what}, not a file"
+    if not os.access(path, os.R_OK):
+        return "not readable (permission denied)"
+    return None
+
+
+def open_slide_file(path: str | os.PathLike[str]) -> OpenSlideFile:
+    """Open a slide with tiffslide, reusing an open one in this process.
 
     Parameters
     ----------
@@ -39,7 +111,7 @@ def open_tiffslide(path: str | os.PathLike[str]) -> TiffSlide:
 
     Returns
     -------
-    tiffslide.TiffSlide
+    OpenSlideFile
 
     Raises
     ------
@@ -49,18 +121,23 @@ def open_tiffslide(path: str | os.PathLike[str]) -> TiffSlide:
         The file is not a TIFF-based slide tiffslide can parse.
     """
     path = os.fspath(path)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise SlideNotFoundError(f"slide not found: {path!r}") from None
-    if not os.path.isfile(path):
-        raise SlideNotFoundError(f"slide path is not a file: {path!r}")
+    problem = file_problem(path)
+    if problem == "not found":
+        raise SlideNotFoundError(f"slide not found: {path!r}")
+    if problem is not None:
+        raise SlideNotFoundError(f"slide cannot be opened: {path!r} is {problem}")
+    st = os.stat(path)
     with _OPEN_LOCK:
         return _open_cached(path, st.st_size, st.st_mtime_ns)
 
 
+def open_tiffslide(path: str | os.PathLike[str]) -> TiffSlide:
+    """The tiffslide view of a slide (see :func:`open_slide_file`)."""
+    return open_slide_file(path).slide
+
+
 @functools.lru_cache(maxsize=16)
-def _open_cached(path: str, size: int, mtime_ns: int) -> TiffSlide:
+def _open_cached(path: str, size: int, mtime_ns: int) -> OpenSlideFile:
     # size and mtime are part of the key so that a file rewritten in place is reopened.
     import tiffslide
     from tifffile import TiffFileError
@@ -80,15 +157,15 @@ def _open_cached(path: str, size: int, mtime_ns: int) -> TiffSlide:
         ) from exc
     except OSError as exc:
         raise SlideFormatError(f"cannot open slide {path!r}: {exc}") from exc
-    return slide
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise SlideFormatError(f"cannot open slide {path!r}: {exc.strerror}") from exc
+    return OpenSlideFile(path, slide, fd, size)
 
 
-def _to_rgb(block: npt.NDArray[Any], axes: str) -> npt.NDArray[np.uint8]:
-    """Normalise a raw level block to (rows, cols, 3) uint8 RGB."""
-    if axes == "CYX":
-        block = np.moveaxis(block, 0, -1)
-    elif axes == "YX":
-        block = block[..., None]
+def _to_rgb(block: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
+    """Normalise a (rows, cols, samples) level block to (rows, cols, 3) uint8 RGB."""
     if block.dtype != np.uint8:
         if block.dtype.kind == "u" and block.dtype.itemsize == 2:
             block = (block >> 8).astype(np.uint8)
@@ -160,7 +237,6 @@ class LevelReader(_WindowReader):
             )
         width, height = slide.level_dimensions[self.level]
         self.shape: tuple[int, int, int] = (int(height), int(width), 3)
-        self._axes: str = slide.properties.get("tiffslide.series-axes", "YXS")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.path, self.level))
@@ -180,19 +256,7 @@ class LevelReader(_WindowReader):
         SlideReadError
             The tiles cannot be read or decoded (truncated or corrupt file).
         """
-        slide = open_tiffslide(self.path)
-        array: Any = slide.zarr_group[str(self.level)]
-        window = (slice(y0, y1), slice(x0, x1))
-        try:
-            raw = np.asarray(
-                array[(slice(None), *window)] if self._axes == "CYX" else array[window]
-            )
-        except Exception as exc:  # codecs raise many types; every one means unreadable tiles
-            raise SlideReadError(
-                f"cannot read {self.path!r} level {self.level} rows {y0}:{y1} cols {x0}:{x1}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-        return _to_rgb(raw, self._axes)
+        return _to_rgb(open_slide_file(self.path).level(self.level).read(y0, y1, x0, x1))
 
 
 class ResampledReader(_WindowReader):

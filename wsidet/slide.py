@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from wsidet.errors import MppUnknownError, SlideFormatError
+from wsidet.errors import MppUnknownError, ScaleError, SlideFormatError
+from wsidet.limits import MAX_ENLARGEMENT, MPP
 from wsidet.pyramid import downsample_mean
-from wsidet.reader import LevelReader, ResampledReader, open_tiffslide
+from wsidet.reader import LevelReader, ResampledReader, open_slide_file
 from wsidet.resample import resampled_size
 from wsidet.tissue import TissueMask, tissue_from_rgb
 
@@ -190,6 +191,8 @@ class Slide:
         ------
         MppUnknownError
             The slide has no pixel size and none was given to :func:`open_slide`.
+        ScaleError
+            The slide is more than :data:`wsidet.limits.MAX_ENLARGEMENT` times coarser.
         """
         if not mpp > 0:
             raise ValueError(f"mpp must be > 0, got {mpp}")
@@ -203,6 +206,12 @@ class Slide:
         candidates = [i for i, m in enumerate(level_mpps) if m <= mpp * (1 + tolerance)]
         index = max(candidates, key=lambda i: level_mpps[i]) if candidates else 0
         factor = mpp / level_mpps[index]
+        if factor * MAX_ENLARGEMENT < 1.0:
+            raise ScaleError(
+                f"slide {str(self.path)!r} at {self.mpp:g} µm/px ({self.mpp_source}) is too "
+                f"coarse for a model at {mpp:g} µm/px: it would be enlarged {1 / factor:.3g}x "
+                f"(at most {MAX_ENLARGEMENT:g}x); check the pixel size (--mpp)"
+            )
         if abs(factor - 1.0) <= tolerance:
             factor = 1.0
         return Scale(self.levels[index], factor, level_mpps[index] * factor)
@@ -398,18 +407,27 @@ def open_slide(path: str | os.PathLike[str], *, mpp: float | None = None) -> Sli
         The path does not exist or is not a file.
     SlideFormatError
         The file is not a slide tiffslide can read.
-    ValueError
-        ``mpp`` is not a positive number.
+    ParameterError
+        ``mpp`` is outside :data:`wsidet.limits.MPP`.
     """
-    if mpp is not None and not (isinstance(mpp, int | float) and math.isfinite(mpp) and mpp > 0):
-        raise ValueError(f"mpp must be a positive number of µm per pixel, got {mpp!r}")
-    ts = open_tiffslide(path)
+    if mpp is not None:
+        MPP.check("mpp", mpp)
+    handle = open_slide_file(path)
+    ts = handle.slide
     props = ts.properties
     try:
         dims = ts.level_dimensions
         downsamples_src = [(dims[0][1] / h, dims[0][0] / w) for (w, h) in dims]
     except (KeyError, ZeroDivisionError) as exc:
         raise SlideFormatError(f"cannot read the pyramid of {os.fspath(path)!r}: {exc}") from exc
+    for i, (w, h) in enumerate(dims):
+        # Every level's header against the file, before anything is read: a forged or
+        # truncated one fails here in one line instead of hanging a read.
+        if handle.level(i).layout.shape != (int(h), int(w)):
+            raise SlideFormatError(
+                f"cannot read the pyramid of {os.fspath(path)!r}: level {i} is "
+                f"{handle.level(i).layout.shape} px in its tiles but {h} x {w} in its metadata"
+            )
     levels = []
     for i, ((w, h), ds) in enumerate(zip(dims, downsamples_src, strict=True)):
         th = props.get(f"tiffslide.level[{i}].tile-height") or _DEFAULT_TILE

@@ -243,6 +243,13 @@ class Method(abc.ABC):
         return dataclasses.replace(self, **coerced)
 
 
+def _finite(value: float) -> float:
+    # NaN compares false with every threshold: a NaN parameter would silently decode nothing.
+    if not math.isfinite(value):
+        raise ValueError(value)
+    return value
+
+
 def _coerce(current: Any, value: Any, method: str, key: str) -> Any:
     """Convert a value (e.g. from JSON or the command line) to the type of the default."""
     try:
@@ -257,13 +264,14 @@ def _coerce(current: Any, value: Any, method: str, key: str) -> Any:
                 raise ValueError(value)
             return int(value)
         if isinstance(current, float):
-            return float(value)
+            return _finite(float(value))
         if isinstance(current, tuple):
             items = value.split(",") if isinstance(value, str) else list(value)
             kind = type(current[0]) if current else float
-            return tuple(kind(v) for v in items)
-    except (TypeError, ValueError):
+            return tuple(_finite(v) if isinstance(v, float) else v for v in map(kind, items))
+    except (TypeError, ValueError, OverflowError):
         raise ParameterError(
-            f"method {method!r}: parameter {key!r} must be like {current!r}, got {value!r}"
+            f"method {method!r}: parameter {key!r} must be a finite value like {current!r}, "
+            f"got {value!r}"
         ) from None
     return value

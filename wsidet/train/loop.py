@@ -198,6 +198,7 @@ def train(
     *,
     resume: bool = False,
     init_weights: str | Path | None = None,
+    allow_pickle: bool = False,
     on_epoch: Callable[[EpochLog], None] | None = None,
     data_record: dict[str, Any] | None = None,
 ) -> TrainResult:
@@ -221,6 +222,8 @@ def train(
     init_weights : path, optional
         Start from these weights instead of a fresh initialisation (fine-tuning); they must
         belong to ``method`` (same network parameters).
+    allow_pickle : bool
+        Accept ``init_weights`` in a torch pickle file (loading one can run code).
     on_epoch : callable, optional
         Called with each epoch's :class:`EpochLog`.
     data_record : dict, optional
@@ -245,7 +248,7 @@ def train(
     _seed_everything(config.seed)
     network = method.build_network()
     if init_weights is not None:
-        load_weights(network, init_weights, method)
+        load_weights(network, init_weights, method, allow_pickle=allow_pickle)
     network = network.to(device)
     patch = math.ceil(config.patch / method.stride) * method.stride
     dataset = PointDataset(

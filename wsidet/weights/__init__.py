@@ -16,6 +16,7 @@ from wsidet.errors import WeightsError
 from wsidet.methods import DEFAULT_METHOD, get_method, method_class
 from wsidet.methods.base import Method
 from wsidet.stain import StainStats
+from wsidet.weights.files import weights_metadata
 
 
 def bundled_weights(method: str) -> Path | None:
@@ -30,24 +31,15 @@ def bundled_methods() -> list[str]:
     return sorted(p.stem for p in folder.glob("*.safetensors"))
 
 
-def weights_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The string metadata in a safetensors header (empty for other files)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(os.fspath(path), framework="pt") as fh:
-            return dict(fh.metadata() or {})
-    except Exception:
-        return {}
-
-
-def stain_reference(path: str | os.PathLike[str]) -> StainStats | None:
+def stain_reference(
+    path: str | os.PathLike[str], *, allow_pickle: bool = False
+) -> StainStats | None:
     """The stain statistics of the data a weights file was trained on, if it records them.
 
     Read from the safetensors header (``wsidet.stain_reference``), else from the training
     record beside the file (``NAME.json``, key ``stain_reference``).
     """
-    text = weights_metadata(path).get("wsidet.stain_reference")
+    text = weights_metadata(path, allow_pickle=allow_pickle).get("wsidet.stain_reference")
     data: Any = json.loads(text) if text else None
     record = Path(path).with_suffix(".json")
     if data is None and record.is_file():
@@ -66,7 +58,9 @@ def stain_reference(path: str | os.PathLike[str]) -> StainStats | None:
     return stats if stats.pixels > 0 else None
 
 
-def required_stain_reference(weights: str | os.PathLike[str] | None, method: str) -> StainStats:
+def required_stain_reference(
+    weights: str | os.PathLike[str] | None, method: str, *, allow_pickle: bool = False
+) -> StainStats:
     """The stain reference of weights asked to normalise with (see :func:`stain_reference`).
 
     Raises
@@ -74,7 +68,7 @@ def required_stain_reference(weights: str | os.PathLike[str] | None, method: str
     WeightsError
         No weights, or weights that record none.
     """
-    found = stain_reference(weights) if weights is not None else None
+    found = stain_reference(weights, allow_pickle=allow_pickle) if weights is not None else None
     if found is None:
         what = repr(os.fspath(weights)) if weights is not None else f"method {method!r}"
         raise WeightsError(
@@ -85,7 +79,11 @@ def required_stain_reference(weights: str | os.PathLike[str] | None, method: str
 
 
 def method_from_weights(
-    path: str | os.PathLike[str], name: str | None = None, **overrides: Any
+    path: str | os.PathLike[str],
+    name: str | None = None,
+    *,
+    allow_pickle: bool = False,
+    **overrides: Any,
 ) -> Method:
     """The method a weights file was trained as, with optional parameter overrides.
 
@@ -95,6 +93,8 @@ def method_from_weights(
         A safetensors file written by :func:`save_weights`.
     name : str, optional
         The method the caller asked for; must match the file's if the file names one.
+    allow_pickle : bool
+        Accept a torch pickle file (see :mod:`wsidet.weights.files`).
     **overrides
         Parameters to change (decoding parameters such as a threshold; others must match the
         weights).
@@ -102,11 +102,10 @@ def method_from_weights(
     Raises
     ------
     WeightsError
-        The file names another method, or names none and ``name`` is not given.
+        The file names another method, or names none and ``name`` is not given; it is
+        missing, corrupt, or a torch file without ``allow_pickle``.
     """
-    if not os.path.isfile(path):
-        raise WeightsError(f"weights file not found: {os.fspath(path)!r}")
-    meta = weights_metadata(path)
+    meta = weights_metadata(path, allow_pickle=allow_pickle)
     owner = meta.get("wsidet.method")
     if owner is None:
         if name is None:
@@ -123,7 +122,11 @@ def method_from_weights(
 
 
 def resolve_method(
-    name: str | None = None, weights: str | os.PathLike[str] | None = None, **params: Any
+    name: str | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    *,
+    allow_pickle: bool = False,
+    **params: Any,
 ) -> tuple[Method, Path | None]:
     """The method to run and its weights, from what a user named.
 
@@ -138,6 +141,8 @@ def resolve_method(
     name : str, optional
         Method name (default :data:`~wsidet.methods.DEFAULT_METHOD`).
     weights : path, optional
+    allow_pickle : bool
+        Accept torch pickle weights (see :mod:`wsidet.weights.files`).
     **params
         Parameter overrides.
 
@@ -146,7 +151,8 @@ def resolve_method(
     (Method, Path or None)
     """
     if weights is not None:
-        return method_from_weights(weights, name, **params), Path(weights)
+        method = method_from_weights(weights, name, allow_pickle=allow_pickle, **params)
+        return method, Path(weights)
     name = name or DEFAULT_METHOD
     if method_class(name).trainable:
         bundled = bundled_weights(name)
