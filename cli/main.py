@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     from wsidet.cluster import DEFAULT_DASHBOARD
     from wsidet.engine import DEFAULT_TILE
     from wsidet.methods import DEFAULT_METHOD
+    from wsidet.precision import PRECISIONS
     from wsidet.tiling import DEFAULT_CHUNK
 
     parser = OneLineParser(
@@ -80,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="model tiles per forward pass (4 on GPU, 1 on CPU)",
     )
     run.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    run.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="network arithmetic: auto (fp16 on CUDA; bf16 on CPUs that compute it natively, "
+        "else fp32), fp32, bf16 or fp16",
+    )
     run.add_argument(
         "--format",
         type=formats_arg,
@@ -250,6 +258,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             tissue=not args.no_tissue,
             stain=args.stain_normalise,
             allow_pickle=args.allow_pickle,
+            precision=args.precision,
             mpp=args.mpp,
             formats=args.format,
             overwrite=args.overwrite,
@@ -335,8 +344,12 @@ def _error(exc: BaseException, context: str | None = None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from wsidet.heap import configure_heap
+
     # JPEG tiles are decoded by dask's threads; more decoder threads per read oversubscribe.
     os.environ.setdefault("TIFFSLIDE_NUM_DECODE_THREADS", "1")
+    # Before any thread starts: feature maps freed by one model tile serve the next.
+    configure_heap()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.debug:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from wsidet.limits import MPP
+from wsidet.precision import PRECISIONS
 
 from .args import PICKLE_HELP, bounded, limited, parse_params
 
@@ -47,7 +48,7 @@ def add_parsers(sub: Any) -> None:
     train.add_argument(
         "--minutes",
         type=bounded(float, 0.01, 1e6),
-        help="time budget (stops after the epoch)",
+        help="time budget in minutes, checked between steps (the epoch is then validated)",
     )
     train.add_argument("--samples-per-epoch", type=bounded(int, 1, 10**8), default=512)
     train.add_argument("--batch-size", type=bounded(int, 1, 4096), default=8)
@@ -101,6 +102,13 @@ def add_parsers(sub: Any) -> None:
     )
     train.add_argument("-q", "--quiet", action="store_true")
     train.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
+    train.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="training arithmetic: auto (fp16 with a gradient scaler on CUDA; bf16 on CPUs "
+        "that compute it natively, else fp32), fp32, bf16, fp16",
+    )
 
     evaluate = sub.add_parser(
         "evaluate", help="score a method (its weights) against annotated images"
@@ -111,6 +119,12 @@ def add_parsers(sub: Any) -> None:
     )
     evaluate.add_argument("--method", help="method (default: the one the weights name)")
     evaluate.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
+    evaluate.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="network arithmetic (as for wsidet run)",
+    )
     add_data_arguments(evaluate)
     evaluate.add_argument(
         "--radius",
@@ -198,6 +212,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         radius=args.radius,
         max_minutes=args.minutes,
         select_on=args.select_on,
+        precision=args.precision,
     )
     print(
         f"training {method.name} on {len(train_pairs)} images, validating on {len(val_pairs)} "
@@ -269,7 +284,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise WeightsError(
                 "--stain-normalise needs weights that record the colours they were trained on"
             )
-    detector = Detector(method, weights=weights, device=args.device, allow_pickle=args.allow_pickle)
+    detector = Detector(
+        method,
+        weights=weights,
+        device=args.device,
+        allow_pickle=args.allow_pickle,
+        precision=args.precision,
+    )
     predictions = predict(detector, sources, stain=reference)
     report: dict[str, Any] = {
         "method": method.name,

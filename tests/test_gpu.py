@@ -45,7 +45,7 @@ def test_detector_on_cuda_matches_cpu(name: str) -> None:
     network = method.build_network()
     image = (np.random.default_rng(1).random((300, 340, 3)) * 255).astype(np.uint8)
     cpu = Detector(method, network=network, device="cpu").predict(image)
-    gpu = Detector(method, network=network, device="cuda", amp=False).predict(image)
+    gpu = Detector(method, network=network, device="cuda", precision="fp32").predict(image)
     for key, value in cpu.items():
         torch.testing.assert_close(gpu[key].cpu(), value, atol=1e-3, rtol=1e-3)
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from wsidet.methods.base import Method
 from wsidet.train.augment import Augment, dihedral, hed_jitter
 from wsidet.train.checkpoint import save_weights
 from wsidet.train.dataset import ImageSource, PointDataset, SlideSource, Window, load_source
-from wsidet.train.loop import TrainConfig, cosine_lr, lr_horizon, train
+from wsidet.train.loop import TrainConfig, cosine_lr, lr_horizon, step_lr, train
 from wsidet.train.sources import AnnotationError, find_pairs, read_points, select_fold
 from wsidet.weights import method_from_weights, resolve_method
 
@@ -514,3 +515,22 @@ def test_a_time_budget_anneals_the_learning_rate_by_the_time_it_runs_out() -> No
     # The last epoch the budget pays for runs below a tenth of the starting rate.
     lr = budgeted.lr
     assert cosine_lr(5, lr_horizon(budgeted, [10.0] * 5), lr) < 0.1 * lr
+
+
+def test_a_time_budget_is_kept_inside_the_first_epoch(tmp_path: Path) -> None:
+    """An epoch far longer than the budget is cut between steps, and the rate has annealed."""
+    method, sources = resume_setup()
+    budget_minutes = 0.05  # 3 s; one epoch of 4000 patches takes far longer on any machine
+    config = TrainConfig(
+        epochs=50, samples_per_epoch=4000, batch_size=4, patch=64, device="cpu",
+        max_minutes=budget_minutes,
+    )  # fmt: skip
+    started = time.perf_counter()
+    result = train(method, sources[:1], sources[1:], config, tmp_path)
+    wall = time.perf_counter() - started
+    assert [h.epoch for h in result.history] == [0]
+    trained = json.loads((tmp_path / "voca.json").read_text())["minutes"]
+    assert 0.8 * budget_minutes <= trained <= 1.2 * budget_minutes, trained
+    assert wall < budget_minutes * 60 + 10  # set-up and writing the weights on top
+    # The last step ran near the cosine's floor: the budget, not the epochs, set the schedule.
+    assert step_lr(config, 0.5, budget_minutes * 60, []) < 0.05 * config.lr

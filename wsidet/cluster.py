@@ -120,7 +120,10 @@ class WorkerSetup(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         """Called by dask on each worker (also on ones that join later)."""
+        from wsidet.heap import configure_heap
+
         os.environ.setdefault("TIFFSLIDE_NUM_DECODE_THREADS", "1")
+        configure_heap()
 
     def teardown(self, worker: Any) -> None:
         """Nothing to release: detectors go with the process."""

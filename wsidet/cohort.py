@@ -21,6 +21,7 @@ With ``gpu_resource`` set, chunk tasks ask for that worker resource at compute t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ from wsidet.manifest import (
 )
 from wsidet.methods.base import Method
 from wsidet.pipeline import SlidePlan, detect_slide, plan_slide
+from wsidet.precision import check_precision
 from wsidet.reader import file_problem
 from wsidet.resume import output_state, run_signature, slide_fingerprint
 from wsidet.slide import slide_id_for
@@ -203,6 +205,7 @@ def run_cohort(
     mpp: float | None = None,
     stain: bool | StainStats = False,
     allow_pickle: bool = False,
+    precision: str = "auto",
     formats: Sequence[str] = ("parquet",),
     overwrite: bool = False,
     gpu_resource: str | None = None,
@@ -226,7 +229,7 @@ def run_cohort(
         Weights of a trainable method.
     client : distributed.Client, optional
         Where to compute; None: in this process.
-    chunk, device, tile, batch_size, tissue, mpp, stain, allow_pickle
+    chunk, device, tile, batch_size, tissue, mpp, stain, allow_pickle, precision
         As for :func:`wsidet.detect_slide`; the numbers must lie in the ranges of
         :mod:`wsidet.limits`.
     formats : sequence of str
@@ -336,6 +339,7 @@ def run_cohort(
             signature = run_signature(
                 fingerprint, method, w_hash, mpp=mpp, tissue=tissue,
                 stain=stain.as_dict() if isinstance(stain, StainStats) else bool(stain),
+                precision=precision,
             )  # fmt: skip
             signatures[path] = signature
             targets = output_paths(out_dir, slide_id, formats)
@@ -357,14 +361,18 @@ def run_cohort(
             if stain is True:
                 required_stain_reference(weights_path, method.name, allow_pickle=allow_pickle)
             spec = DetectorSpec(
-                method, weights=weights_path, device=device, allow_pickle=allow_pickle
+                method,
+                weights=weights_path,
+                device=device,
+                tile=tile,
+                batch_size=batch_size,
+                allow_pickle=allow_pickle,
+                precision=check_precision(precision),
             )
             if client is None:
                 spec.get()
             else:  # the driver may have no GPU: check the weights fit on its CPU
-                DetectorSpec(
-                    method, weights=weights_path, device="cpu", allow_pickle=allow_pickle
-                ).get()
+                dataclasses.replace(spec, device="cpu", precision="fp32").get()
                 _check_resource(client, gpu_resource)
             check_block_memory(
                 method,
@@ -382,6 +390,7 @@ def run_cohort(
             "tissue": tissue,
             "stain": stain,
             "allow_pickle": allow_pickle,
+            "precision": precision,
         }
         if client is None:
             _run_local(todo, method, options, done, failed, progress)

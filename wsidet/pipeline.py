@@ -32,6 +32,7 @@ from wsidet.engine import DEFAULT_TILE, Detections, DetectorSpec
 from wsidet.limits import check_block_memory
 from wsidet.methods import DEFAULT_METHOD
 from wsidet.methods.base import Method
+from wsidet.precision import check_precision
 from wsidet.slide import Scale, Slide, open_slide
 from wsidet.stain import Reinhard, StainStats, slide_stain_stats
 from wsidet.tiling import DEFAULT_CHUNK, Grid
@@ -327,6 +328,7 @@ class SlidePlan:
             },
             "method": method.name,
             "params": method.params(),
+            "precision": self.spec.precision,
             "weights": self.spec.weights,
             "weights_hash": self.spec.weights_hash,
             "stain": None
@@ -375,6 +377,7 @@ def plan_slide(
     tissue: bool = True,
     stain: bool | StainStats = False,
     allow_pickle: bool = False,
+    precision: str = "auto",
 ) -> SlidePlan:
     """Open a slide, choose its scale and chunks, and find the chunks on tissue.
 
@@ -398,6 +401,7 @@ def plan_slide(
         tile=tile,
         batch_size=batch_size,
         allow_pickle=allow_pickle,
+        precision=check_precision(precision),
     )
     check_block_memory(method, chunk=chunk, tile=tile, batch_size=spec.get_batch_size())
     scale = slide.scale_for_mpp(method.mpp)
@@ -429,6 +433,7 @@ def detect_slide(
     tissue: bool = True,
     stain: bool | StainStats = False,
     allow_pickle: bool = False,
+    precision: str = "auto",
     progress: Progress | None = None,
     scheduler: Any = None,
 ) -> gpd.GeoDataFrame:
@@ -460,6 +465,8 @@ def detect_slide(
         were trained on (True), or to given statistics, before detection.
     allow_pickle : bool
         Accept weights in a torch pickle file (loading one can run code).
+    precision : str
+        ``auto``, ``fp32``, ``bf16`` or ``fp16`` (see :mod:`wsidet.precision`).
     progress : callable, optional
         ``progress(done, total)`` over detection blocks.
     scheduler : optional
@@ -484,6 +491,7 @@ def detect_slide(
         tissue=tissue,
         stain=stain,
         allow_pickle=allow_pickle,
+        precision=precision,
     )
     if not (hasattr(scheduler, "compute") and hasattr(scheduler, "gather")):
         plan.spec.get()  # in this process: fail fast on weights/device before reading

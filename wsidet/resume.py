@@ -59,11 +59,13 @@ def run_signature(
     mpp: float | None,
     tissue: bool,
     stain: bool | dict[str, Any] = False,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """What determines a slide's detections (a JSON-able dict, compared for equality).
 
     ``stain`` is False, True (normalised to the weights' own reference, which their hash
-    identifies) or the reference statistics given.
+    identifies) or the reference statistics given. ``precision`` is the one asked for
+    (``auto`` means fp16 on CUDA and fp32 or bf16 on a CPU, see :mod:`wsidet.precision`).
     """
     return {
         "slide": fingerprint,
@@ -73,7 +75,17 @@ def run_signature(
         "mpp": mpp,
         "tissue": bool(tissue),
         "stain": stain,
+        "precision": precision,
     }
+
+
+#: Signature entries older versions did not record, as they behaved: without stain
+#: normalisation, and in the precision "auto" names now (fp16 on CUDA, fp32 on a CPU).
+_DEFAULTS = {"stain": False, "precision": "auto"}
+
+
+def _with_defaults(signature: Mapping[str, Any]) -> dict[str, Any]:
+    return {**_DEFAULTS, **signature}
 
 
 def _normal(signature: Mapping[str, Any]) -> str:
@@ -92,9 +104,9 @@ def differences(stored: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> 
         "mpp": "another --mpp",
         "tissue": "another tissue setting",
         "stain": "another stain normalisation",
+        "precision": "another --precision",
     }
-    # Outputs of versions without stain normalisation were made without it.
-    stored = {"stain": False, **stored}
+    stored = _with_defaults(stored)
     changed = [
         names.get(k, k)
         for k in wanted
@@ -186,7 +198,7 @@ def output_state(
     wanted = _normal(signature)
     existing = {f: stored_signature(p) for f, p in paths.items() if p.exists()}
     for fmt, stored in existing.items():
-        if stored is None or _normal(stored) != wanted:
+        if stored is None or _normal(_with_defaults(stored)) != wanted:
             return OutputState(
                 "conflict",
                 reason=f"{str(paths[fmt])!r} exists, {differences(stored, signature)}; "

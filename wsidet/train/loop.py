@@ -27,6 +27,7 @@ from wsidet.engine import Detector, load_weights, resolve_device, weights_hash
 from wsidet.evaluate import choose_threshold, predict, write_pr_curve
 from wsidet.io import atomic_path
 from wsidet.methods.base import Method
+from wsidet.precision import autocast_dtype, check_precision, resolve_precision
 from wsidet.stain import StainStats, stain_stats
 from wsidet.train.augment import Augment
 from wsidet.train.checkpoint import git_commit, git_dirty, save_record, save_weights
@@ -59,14 +60,16 @@ class TrainConfig:
         Stop after this many validations without a better F1.
     seed : int
     device : str, optional
-    amp : bool, optional
-        Mixed precision; default on CUDA.
+    precision : str
+        ``auto``, ``fp32``, ``bf16`` or ``fp16``, as for inference (:mod:`wsidet.precision`);
+        fp16 uses a gradient scaler. On a CPU the network trains in channels-last layout.
     augment : Augment
     radius : float
         Matching radius for validation F1 (pixels at the method's scale).
     max_minutes : float, optional
-        Stop (after the current epoch) once the run has trained this long, counting the
-        epochs of every session of a resumed run.
+        Stop once the run has trained this long, counting every session of a resumed run:
+        checked between steps (the first epoch too), leaving time for the epoch's validation
+        as long as the last one took; the learning rate anneals by the time it runs out.
     select_on : str
         What "better on validation" means: ``"f1"`` (detection, the default) or ``"count"``
         (lower mean absolute count error, for counting with FCRN's density integral).
@@ -82,7 +85,7 @@ class TrainConfig:
     patience: int = 15
     seed: int = 0
     device: str | None = None
-    amp: bool | None = None
+    precision: str = "auto"
     augment: Augment = field(default_factory=Augment)
     radius: float = 6.0
     max_minutes: float | None = None
@@ -97,6 +100,7 @@ class TrainConfig:
             raise ValueError("epochs, samples_per_epoch, batch_size and patience must be >= 1")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
+        check_precision(self.precision)
 
 
 @dataclass(frozen=True)
@@ -158,15 +162,44 @@ def lr_horizon(config: TrainConfig, epoch_seconds: list[float]) -> int:
 LR_FLOOR = 50.0
 
 
-def cosine_lr(epoch: int, epochs: int, lr: float) -> float:
-    """Learning rate of ``epoch``: a cosine from ``lr`` at epoch 0 to ``lr / 50`` at ``epochs``.
+def cosine_lr(epoch: float, epochs: int, lr: float) -> float:
+    """Learning rate at ``epoch``: a cosine from ``lr`` at 0 to ``lr / 50`` at ``epochs``.
 
-    A function of the epoch and the horizon only (no scheduler state), so a run resumed with a
-    larger ``epochs`` follows the new horizon from where it stands, as if it had been started
-    with it.
+    ``epoch`` may have a fraction (the steps done of the current epoch). A function of the
+    epoch and the horizon only (no scheduler state), so a run resumed with a larger ``epochs``
+    follows the new horizon from where it stands, as if it had been started with it.
     """
     floor = lr / LR_FLOOR
-    return floor + (lr - floor) * (1 + math.cos(math.pi * epoch / epochs)) / 2
+    progress = min(1.0, epoch / epochs)
+    return floor + (lr - floor) * (1 + math.cos(math.pi * progress)) / 2
+
+
+def step_lr(
+    config: TrainConfig, epoch: float, trained_seconds: float, epoch_seconds: list[float]
+) -> float:
+    """Learning rate of a step: the cosine where the epochs or the time budget have got to.
+
+    Without a budget the rate changes per epoch. With one, whichever of the epochs (with the
+    fraction of the current one) and the time is further along sets the position, so a run
+    stopped by its budget, even within its first epoch, ends annealed.
+
+    Parameters
+    ----------
+    config : TrainConfig
+    epoch : float
+        Epochs done, with the fraction of the current one.
+    trained_seconds : float
+        Training time so far, every session of the run included.
+    epoch_seconds : list of float
+        Seconds each finished epoch took (for :func:`lr_horizon`).
+    """
+    horizon = lr_horizon(config, epoch_seconds)
+    if config.max_minutes is None:
+        # Constant within an epoch: a run resumed with a larger ``epochs`` then trains
+        # exactly as one started with it (the horizon only moves the epochs still to come).
+        return cosine_lr(math.floor(epoch), horizon, config.lr)
+    position = max(epoch, horizon * trained_seconds / (config.max_minutes * 60))
+    return cosine_lr(position, horizon, config.lr)
 
 
 def training_stain_reference(sources: Sequence[Source], edge: int = 512) -> StainStats:
@@ -244,12 +277,15 @@ def train(
     # The colours the network learns from, for stain normalisation of other slides.
     reference = training_stain_reference(train_sources).as_dict()
     device = resolve_device(config.device)
-    amp = (device.type == "cuda") if config.amp is None else config.amp
+    precision = resolve_precision(config.precision, device)
+    dtype = autocast_dtype(precision)
+    channels_last = device.type == "cpu"
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     _seed_everything(config.seed)
     network = method.build_network()
     if init_weights is not None:
         load_weights(network, init_weights, method, allow_pickle=allow_pickle)
-    network = network.to(device)
+    network = network.to(device, memory_format=layout)  # type: ignore[call-overload]
     patch = math.ceil(config.patch / method.stride) * method.stride
     dataset = PointDataset(
         train_sources,
@@ -267,7 +303,7 @@ def train(
         )
     else:
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     weights_path = out / f"{method.name}.safetensors"
     state_path = out / "state.pt"
     history: list[EpochLog] = []
@@ -287,30 +323,42 @@ def train(
     stale = 0  # validations since the best
     if history:
         stale = len(history) - 1 - max(i for i, h in enumerate(history) if h.improved)
+    budget = None if config.max_minutes is None else config.max_minutes * 60
+    validation_seconds = 0.0  # the last validation's, reserved at the end of a budget
+    out_of_time = False
     for epoch in range(start_epoch, config.epochs):
         # Checked before the epoch so that a resumed run that had already stopped stays stopped.
         if stale >= config.patience:
             logger.info("stopping: %d epochs without a better validation score", stale)
             break
-        spent = sum(h.seconds for h in history) / 60
-        if config.max_minutes is not None and spent >= config.max_minutes:
+        spent = sum(h.seconds for h in history)
+        if out_of_time or (budget is not None and spent >= budget):
             logger.info("stopping: time budget of %g minutes spent", config.max_minutes)
             break
         epoch_start = time.perf_counter()
-        lr = cosine_lr(epoch, lr_horizon(config, [h.seconds for h in history]), config.lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        finished = [h.seconds for h in history]
+        lr = step_lr(config, epoch, spent, finished)
         network.train()
         dataset.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=config.batch_size, shuffle=False, collate_fn=collate
         )
+        steps = max(1, len(loader))
         losses = []
-        for images, targets in loader:
-            images = images.to(device, non_blocking=True)
+        for step, (images, targets) in enumerate(loader):
+            elapsed = time.perf_counter() - epoch_start
+            if budget is not None and step and spent + elapsed + validation_seconds >= budget:
+                out_of_time = True  # validate what was trained, then stop
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = step_lr(config, epoch + step / steps, spent + elapsed, finished)
+            images = images.to(device, non_blocking=True).contiguous(memory_format=layout)
             targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+            autocast = torch.autocast(
+                device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None
+            )
+            with autocast:
                 outputs = network(images)
             loss = method.loss({k: v.float() for k, v in outputs.items()}, targets)
             if not torch.isfinite(loss):
@@ -320,7 +368,8 @@ def train(
             scaler.update()
             losses.append(float(loss.detach()))
         # Validation on whole images: choose the threshold, keep the best weights.
-        detector = Detector(method, network=network, device=str(device), amp=amp)
+        validation_start = time.perf_counter()
+        detector = Detector(method, network=network, device=str(device), precision=precision)
         predictions = predict(detector, val_sources)
         threshold, curve = choose_threshold(method, predictions, radius=config.radius)
         best_here = max(curve, key=lambda e: e.scores.f1)
@@ -334,6 +383,7 @@ def train(
             write_pr_curve({f"{method.name} (validation)": curve}, out / f"{method.name}-pr.png")
         else:
             stale += 1
+        validation_seconds = time.perf_counter() - validation_start
         log = EpochLog(
             epoch=epoch,
             loss=float(np.mean(losses)) if losses else float("nan"),
