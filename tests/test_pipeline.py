@@ -246,3 +246,27 @@ def test_threads_and_sync_schedulers_agree(blob_slide: BlobSlide) -> None:
     a = detect_slide(blob_slide.path, METHOD, device="cpu", chunk=256, scheduler="threads")
     b = detect_slide(blob_slide.path, METHOD, device="cpu", chunk=256, scheduler="sync")
     np.testing.assert_array_equal(np.sort(a["x"].to_numpy()), np.sort(b["x"].to_numpy()))
+
+
+@pytest.mark.parametrize("mpp", [0.25, 0.24, 0.22])
+def test_jpeg_tiles_decoded_smaller_equal_the_whole_reduced_image(mpp: float, tmp_path) -> None:
+    """A 40x level read at half size by libjpeg: tiled == whole, and points on the blobs."""
+    path = tmp_path / "fine.tif"
+    slide_truth = make_blob_slide(
+        path, shape=(1000, 1200), mpp=mpp, physical_mpp=mpp, seed=6, n=60, downsamples=(1, 4)
+    )
+    slide = open_slide(path)
+    scale = slide.scale_for_mpp(METHOD.mpp)
+    assert scale.level.index == 0 and scale.reduce == 2  # decoded at 1/2, not level 1
+    if mpp == 0.25:
+        assert scale.factor == 2.0  # within tolerance: no resampling at all
+    frame = detect_slide(slide, METHOD, chunk=256, device="cpu", tissue=False, scheduler="sync")
+    assert frame.attrs["wsidet"]["scale"]["factor"] == scale.factor
+    whole_image = slide.to_dask(scale, chunks=4096).compute()
+    whole = DetectorSpec(METHOD, device="cpu").get().detect(whole_image)
+    whole_xy = scale.to_level0(whole.points_yx)[:, ::-1]
+    assert_same_points(
+        (frame[["x", "y"]].to_numpy(), frame["score"].to_numpy()), (whole_xy, whole.scores)
+    )
+    recall, precision = recall_at(frame, slide_truth.points_xy, 3.0 / mpp)
+    assert recall > 0.9 and precision > 0.9

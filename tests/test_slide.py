@@ -186,3 +186,28 @@ def test_a_corrupt_tile_fails_its_read_once(tmp_path: Path, blob_slide: BlobSlid
     assert slide.read_region(0, 0, 200, 200).shape == (200, 200, 3)  # tile 0 is intact
     with pytest.raises(SlideReadError, match="tile 1 is corrupt"):
         slide.read_region(0, 0, 1200, 1600)
+
+
+@pytest.mark.parametrize("reduce", [2, 4, 8])
+def test_jpeg_tiles_decoded_smaller_match_the_shrunk_level(
+    sample_slide: Path, blob_slide: BlobSlide, reduce: int
+) -> None:
+    """libjpeg's scaled decoding ~ the area mean of the full decode (RGB and YCbCr JPEG)."""
+    from wsidet.reader import LevelReader, ReducedLevelReader
+
+    for path in (sample_slide, blob_slide.path):  # Aperio RGB JPEG; tifffile YCbCr JPEG
+        assert reduce in open_slide(path).levels[0].reductions
+        full = LevelReader(path, 0).read(0, 480, 0, 480).astype(np.float64)
+        small = ReducedLevelReader(path, 0, reduce).read(0, 480 // reduce, 0, 480 // reduce)
+        area = full.reshape(480 // reduce, reduce, 480 // reduce, reduce, 3).mean(axis=(1, 3))
+        assert small.shape == area.shape
+        assert np.abs(small - area).mean() < 2.0, path  # grey levels out of 255
+
+
+def test_dct_reduction_is_a_choice_of_scale(blob_slide: BlobSlide) -> None:
+    slide = open_slide(blob_slide.path)  # 0.25 µm/px, levels 1, 2, 4
+    assert slide.scale_for_mpp(0.5).level.index == 1  # a real level is preferred
+    coarse = slide.scale_for_mpp(2.0)
+    assert (coarse.level.index, coarse.reduce, coarse.factor) == (2, 2, 2.0)
+    plain = slide.scale_for_mpp(2.0, dct_reduce=False)
+    assert (plain.level.index, plain.reduce, plain.factor) == (2, 1, 2.0)

@@ -259,31 +259,95 @@ class LevelReader(_WindowReader):
         return _to_rgb(open_slide_file(self.path).level(self.level).read(y0, y1, x0, x1))
 
 
+class ReducedLevelReader(_WindowReader):
+    """Lazy view of a JPEG-tiled level decoded at ``1 / reduce`` of its size by libjpeg.
+
+    Parameters
+    ----------
+    path : str
+        Slide file.
+    level : int
+        Pyramid level index.
+    reduce : int
+        2, 4 or 8 (see :attr:`wsidet.tiff.LevelTiles.reductions`).
+    shape : (rows, cols), optional
+        Size to present (at most the reduced level's, which is rounded up): the size the
+        slide's :class:`~wsidet.slide.Scale` computes, so both ways of reading agree.
+
+    Notes
+    -----
+    Pickles as ``(path, level, reduce, shape)``, like :class:`LevelReader`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        level: int,
+        reduce: int,
+        shape: tuple[int, int] | None = None,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.level = int(level)
+        self.reduce = int(reduce)
+        tiles = open_slide_file(self.path).level(self.level)
+        if self.reduce not in tiles.reductions:
+            raise ValueError(f"{tiles.where} cannot be decoded at 1/{reduce}")
+        full = tiles.reduced_shape(self.reduce)
+        rows, cols = full if shape is None else (min(shape[0], full[0]), min(shape[1], full[1]))
+        self.shape: tuple[int, int, int] = (rows, cols, 3)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.level, self.reduce, self.shape[:2]))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path!r}, level={self.level}, reduce={self.reduce})"
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> npt.NDArray[np.uint8]:
+        """Rows ``[y0, y1)`` and columns ``[x0, x1)`` of the reduced level.
+
+        Returns
+        -------
+        ndarray, shape (y1 - y0, x1 - x0, 3), uint8
+        """
+        tiles = open_slide_file(self.path).level(self.level)
+        y1, x1 = min(y1, self.shape[0]), min(x1, self.shape[1])
+        return _to_rgb(tiles.read(y0, y1, x0, x1, reduce=self.reduce))
+
+
 class ResampledReader(_WindowReader):
     """Lazy view of a level shrunk (or enlarged) by ``factor``, windows exact (see resample).
 
     Parameters
     ----------
-    source : LevelReader
+    source : LevelReader or ReducedLevelReader
         The level read from.
     factor : float
         Source pixels per output pixel.
+    shape : (rows, cols), optional
+        Output size (default ``resampled_size`` of the source's); output pixel ``i`` is
+        centred on source coordinate ``(i + 0.5) * factor`` either way.
     """
 
-    def __init__(self, source: LevelReader, factor: float) -> None:
+    def __init__(
+        self,
+        source: LevelReader | ReducedLevelReader,
+        factor: float,
+        shape: tuple[int, int] | None = None,
+    ) -> None:
         if not factor > 0:
             raise ValueError(f"factor must be > 0, got {factor}")
         self.source = source
         self.factor = float(factor)
         h, w, _ = source.shape
-        self.shape: tuple[int, int, int] = (
-            resampled_size(h, self.factor),
-            resampled_size(w, self.factor),
-            3,
+        rows, cols = (
+            (resampled_size(h, self.factor), resampled_size(w, self.factor))
+            if shape is None
+            else shape
         )
+        self.shape: tuple[int, int, int] = (int(rows), int(cols), 3)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.source, self.factor))
+        return (type(self), (self.source, self.factor, self.shape[:2]))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.source!r}, factor={self.factor})"

@@ -26,7 +26,7 @@ import numpy.typing as npt
 from wsidet.errors import MppUnknownError, ScaleError, SlideFormatError
 from wsidet.limits import MAX_ENLARGEMENT, MPP
 from wsidet.pyramid import downsample_mean
-from wsidet.reader import LevelReader, ResampledReader, open_slide_file
+from wsidet.reader import LevelReader, ReducedLevelReader, ResampledReader, open_slide_file
 from wsidet.resample import resampled_size
 from wsidet.tissue import TissueMask, tissue_from_rgb
 
@@ -59,12 +59,15 @@ class Level:
         Level-0 pixels per level pixel, (rows, cols).
     tile : tuple of int
         TIFF tile size (rows, cols); chunks are aligned to it.
+    reductions : tuple of int
+        Factors (2, 4, 8) at which its JPEG tiles can be decoded smaller by libjpeg.
     """
 
     index: int
     shape: tuple[int, int]
     downsample: tuple[float, float]
     tile: tuple[int, int]
+    reductions: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,11 +81,15 @@ class Scale:
         Level pixels per working pixel (1.0: the level as is).
     mpp : float or None
         Micrometres per working pixel, if the slide's pixel size is known.
+    reduce : int
+        The level's JPEG tiles are decoded at ``1 / reduce`` of their size (one of
+        ``level.reductions``) and the rest of ``factor`` resampled; 1: decoded whole.
     """
 
     level: Level
     factor: float
     mpp: float | None
+    reduce: int = 1
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -170,11 +177,20 @@ class Slide:
         """Level-0 size (rows, cols)."""
         return self.levels[0].shape
 
-    def scale_for_mpp(self, mpp: float, *, tolerance: float = DEFAULT_MPP_TOLERANCE) -> Scale:
+    def scale_for_mpp(
+        self,
+        mpp: float,
+        *,
+        tolerance: float = DEFAULT_MPP_TOLERANCE,
+        dct_reduce: bool = True,
+    ) -> Scale:
         """The working scale for a model that expects ``mpp`` micrometres per pixel.
 
         The nearest level at least as fine as ``mpp`` is chosen and shrunk by the remaining
-        factor; a level within ``tolerance`` (relative) of ``mpp`` is used as is.
+        factor; a level within ``tolerance`` (relative) of ``mpp`` is used as is. With
+        ``dct_reduce``, a JPEG-tiled level decoded at 1/2, 1/4 or 1/8 by libjpeg counts as a
+        level of its own: a 0.5 µm/px model on a 0.25 µm/px (40x) level decodes its tiles at
+        half size instead of decoding every pixel and shrinking them.
 
         Parameters
         ----------
@@ -182,6 +198,8 @@ class Slide:
             Micrometres per pixel the model expects.
         tolerance : float
             Relative tolerance under which no resampling is done.
+        dct_reduce : bool
+            Consider JPEG levels decoded at reduced size.
 
         Returns
         -------
@@ -202,9 +220,15 @@ class Slide:
                 f"works at {mpp:g} µm/px; give the level-0 size with mpp= (CLI: --mpp)"
             )
         level_mpps = [self.mpp * (lv.downsample[0] + lv.downsample[1]) / 2 for lv in self.levels]
-        # Nearest level at least as fine as requested (allowing the tolerance), else level 0.
-        candidates = [i for i, m in enumerate(level_mpps) if m <= mpp * (1 + tolerance)]
-        index = max(candidates, key=lambda i: level_mpps[i]) if candidates else 0
+        # (level, reduction) pairs; the nearest at least as fine as requested (allowing the
+        # tolerance), else level 0 as it is.
+        options = [
+            (i, r)
+            for i, lv in enumerate(self.levels)
+            for r in (1, *(lv.reductions if dct_reduce else ()))
+            if level_mpps[i] * r <= mpp * (1 + tolerance)
+        ]
+        index, reduce = max(options, key=lambda o: (level_mpps[o[0]] * o[1], -o[1]), default=(0, 1))
         factor = mpp / level_mpps[index]
         if factor * MAX_ENLARGEMENT < 1.0:
             raise ScaleError(
@@ -212,9 +236,9 @@ class Slide:
                 f"coarse for a model at {mpp:g} µm/px: it would be enlarged {1 / factor:.3g}x "
                 f"(at most {MAX_ENLARGEMENT:g}x); check the pixel size (--mpp)"
             )
-        if abs(factor - 1.0) <= tolerance:
-            factor = 1.0
-        return Scale(self.levels[index], factor, level_mpps[index] * factor)
+        if abs(factor / reduce - 1.0) <= tolerance:
+            factor = float(reduce)
+        return Scale(self.levels[index], factor, level_mpps[index] * factor, reduce)
 
     def scale_for_level(self, level: int = 0) -> Scale:
         """The working scale of a level read as is (no physical size needed)."""
@@ -224,8 +248,15 @@ class Slide:
         mpp = None if self.mpp is None else self.mpp * (lv.downsample[0] + lv.downsample[1]) / 2
         return Scale(lv, 1.0, mpp)
 
-    def reader(self, scale: Scale) -> LevelReader | ResampledReader:
+    def reader(self, scale: Scale) -> LevelReader | ReducedLevelReader | ResampledReader:
         """A picklable lazy array of the slide at ``scale``, shape (rows, cols, 3), uint8."""
+        reduce = scale.reduce
+        if reduce > 1:
+            rest = scale.factor / reduce
+            if abs(rest - 1.0) < 1e-9:
+                return ReducedLevelReader(self.path, scale.level.index, reduce, scale.shape)
+            reduced = ReducedLevelReader(self.path, scale.level.index, reduce)
+            return ResampledReader(reduced, rest, scale.shape)
         source = LevelReader(self.path, scale.level.index)
         if scale.factor == 1.0:
             return source
@@ -260,7 +291,7 @@ class Slide:
             chunk_spec = (tuple(chunks[0]), tuple(chunks[1]), (3,))
         st = os.stat(self.path)
         name = "wsidet-read-" + tokenize(
-            str(self.path), st.st_size, st.st_mtime_ns, scale.level.index, scale.factor, chunk_spec
+            str(self.path), st.st_size, st.st_mtime_ns, repr(reader), reader.shape, chunk_spec
         )
         array: da.Array = da.from_array(
             reader,
@@ -432,7 +463,10 @@ def open_slide(path: str | os.PathLike[str], *, mpp: float | None = None) -> Sli
     for i, ((w, h), ds) in enumerate(zip(dims, downsamples_src, strict=True)):
         th = props.get(f"tiffslide.level[{i}].tile-height") or _DEFAULT_TILE
         tw = props.get(f"tiffslide.level[{i}].tile-width") or _DEFAULT_TILE
-        levels.append(Level(i, (int(h), int(w)), (float(ds[0]), float(ds[1])), (th, tw)))
+        reductions = handle.level(i).reductions
+        levels.append(
+            Level(i, (int(h), int(w)), (float(ds[0]), float(ds[1])), (th, tw), reductions)
+        )
 
     file_mpp: float | None = None
     mpp_x, mpp_y = props.get("tiffslide.mpp-x"), props.get("tiffslide.mpp-y")

@@ -11,7 +11,11 @@ with reading through tiffslide's zarr store this
   position), so dask threads read in parallel;
 * checks a level's geometry before anything is read (:func:`check_level`): a header that
   claims more tiles than the file holds, tiles past the end of the file, or far more pixels
-  than the file could encode fail at once instead of hanging on a terabyte-sized read.
+  than the file could encode fail at once instead of hanging on a terabyte-sized read;
+* decodes JPEG tiles at 1/2, 1/4 or 1/8 of their size when asked (``reduce``): libjpeg's
+  scaled inverse DCT skips the high frequencies a shrunk image would average away, so a
+  0.5 µm/px model reading a 0.25 µm/px level decodes a quarter of the pixels instead of all of
+  them and shrinking them afterwards.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from wsidet.errors import SlideFormatError, SlideReadError
 if TYPE_CHECKING:
     from tifffile import TiffPage
 
+#: TIFF compression codes of JPEG tiles, and the reductions libjpeg decodes directly.
+JPEG_CODES = frozenset({6, 7, 34892, 33007})
+REDUCTIONS = (8, 4, 2)
 #: Largest ratio of a level's decoded bytes to the whole file's size that a slide may claim.
 #: JPEG at scanner quality compresses tissue 10-20×, blank glass a few hundred ×; a level that
 #: would decode to more than this many times the file is a forged header (or a decompression
@@ -180,11 +187,36 @@ class LevelTiles:
         self._counts = page.databytecounts
         self._decode = page.decode
         self._decode_args: dict[str, Any] = {"_fullsize": bool(page.is_tiled)}
-        if page.compression in {6, 7, 34892, 33007}:  # the JPEG flavours
+        self._jpeg = page.compression in JPEG_CODES
+        if self._jpeg:
             self._decode_args.update(jpegtables=page.jpegtables, jpegheader=page.jpegheader)
+        self._tables = page.jpegtables if self._jpeg else None
+        # Aperio writes RGB (not YCbCr) JPEG tiles: libjpeg must be told, as tifffile does.
+        self._jpeg_mode = "RGB" if int(page.photometric) == 2 else ""
+        self.reductions = tuple(
+            r
+            for r in REDUCTIONS
+            if self._jpeg
+            and page.is_tiled
+            and layout_ok(self.layout, r)
+            and self.dtype == np.uint8
+            and self.layout.samples == 3
+        )
 
-    def read(self, y0: int, y1: int, x0: int, x1: int) -> npt.NDArray[Any]:
+    def reduced_shape(self, reduce: int) -> tuple[int, int]:
+        """Level size (rows, cols) when decoded at ``1 / reduce`` of its size."""
+        h, w = self.layout.shape
+        return -(-h // reduce), -(-w // reduce)
+
+    def read(self, y0: int, y1: int, x0: int, x1: int, *, reduce: int = 1) -> npt.NDArray[Any]:
         """Rows ``[y0, y1)`` and columns ``[x0, x1)``, clipped to the level.
+
+        Parameters
+        ----------
+        y0, y1, x0, x1 : int
+            The window, in pixels of the level decoded at ``1 / reduce`` of its size.
+        reduce : int
+            1, or one of :attr:`reductions` (JPEG tiles decoded smaller by libjpeg).
 
         Returns
         -------
@@ -195,23 +227,37 @@ class LevelTiles:
         ------
         SlideReadError
             A segment cannot be read or decoded (corrupt data).
+        ValueError
+            ``reduce`` is not available for this level.
         """
+        if reduce != 1 and reduce not in self.reductions:
+            raise ValueError(f"{self.where} cannot be decoded at 1/{reduce} (JPEG tiles only)")
         layout = self.layout
-        h, w = layout.shape
+        h, w = self.reduced_shape(reduce)
         y0, x0 = max(0, y0), max(0, x0)
         y1, x1 = max(y0, min(h, y1)), max(x0, min(w, x1))
         per_plane = layout.samples // layout.planes
         out = np.zeros((layout.planes, y1 - y0, x1 - x0, per_plane), self.dtype)
         if y1 > y0 and x1 > x0:
-            for index in layout.indices(y0, y1, x0, x1):
-                self._paste(index, out, y0, y1, x0, x1)
+            full = (y0 * reduce, y1 * reduce, x0 * reduce, x1 * reduce)
+            for index in layout.indices(*full):
+                self._paste(index, out, y0, y1, x0, x1, reduce)
         if layout.planes > 1:
             planar: npt.NDArray[Any] = np.moveaxis(out[..., 0], 0, -1)
             return np.ascontiguousarray(planar)
         first: npt.NDArray[Any] = out[0]
         return first
 
-    def _paste(self, index: int, out: npt.NDArray[Any], y0: int, y1: int, x0: int, x1: int) -> None:
+    def _paste(
+        self,
+        index: int,
+        out: npt.NDArray[Any],
+        y0: int,
+        y1: int,
+        x0: int,
+        x1: int,
+        reduce: int = 1,
+    ) -> None:
         count = int(self._counts[index])
         if count == 0 or int(self._offsets[index]) == 0:
             return  # sparse: never written
@@ -219,7 +265,10 @@ class LevelTiles:
             data = os.pread(self._fd, count, int(self._offsets[index]))
             if len(data) != count:
                 raise EOFError(f"{len(data)} of {count} bytes")
-            segment, (plane, _, sy, sx, _), _ = self._decode(data, index, **self._decode_args)
+            if reduce == 1:
+                segment, (plane, _, sy, sx, _), _ = self._decode(data, index, **self._decode_args)
+            else:
+                segment, plane, sy, sx = self._decode_reduced(data, index, reduce)
         except Exception as exc:  # codecs raise many types; each means unreadable data
             raise SlideReadError(
                 f"cannot read {self.where}: tile {index} is corrupt ({type(exc).__name__}: "
@@ -233,3 +282,36 @@ class LevelTiles:
             out[plane, ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] = seg[
                 ty0 - sy : ty1 - sy, tx0 - sx : tx1 - sx
             ]
+
+    def _decode_reduced(
+        self, data: bytes, index: int, reduce: int
+    ) -> tuple[npt.NDArray[np.uint8], int, int, int]:
+        """One JPEG tile decoded at ``1 / reduce``: (pixels, plane, row, col in the reduction)."""
+        import io
+
+        from PIL import Image
+
+        # A TIFF JPEG tile is an abbreviated stream: its tables live in the JPEGTables tag.
+        stream = self._tables[:-2] + data[2:] if self._tables else data
+        image = Image.open(io.BytesIO(stream))
+        if self._jpeg_mode:
+            image.tile = [_with_jpeg_mode(t, self._jpeg_mode) for t in image.tile]
+        (th, tw), (_, nx) = self.layout.segment, self.layout.grid
+        image.draft("RGB", (tw // reduce, th // reduce))
+        pixels = np.asarray(image.convert("RGB"))
+        if pixels.shape[:2] != (th // reduce, tw // reduce):
+            raise ValueError(f"decoded {pixels.shape[:2]} at 1/{reduce}, not a scaled tile")
+        row, col = divmod(index % (self.layout.grid[0] * nx), nx)
+        return pixels, 0, row * th // reduce, col * tw // reduce
+
+
+def _with_jpeg_mode(tile: Any, mode: str) -> Any:
+    """A Pillow decoder tile whose JPEG colour space is ``mode`` (its raw mode kept)."""
+    rawmode = tile[3][0] if isinstance(tile[3], tuple) else tile[3]
+    return type(tile)(*tile[:3], (rawmode, mode))
+
+
+def layout_ok(layout: SegmentLayout, reduce: int) -> bool:
+    """Whether a tiled layout decodes at ``1 / reduce`` on a whole-pixel grid."""
+    th, tw = layout.segment
+    return layout.planes == 1 and th % reduce == 0 and tw % reduce == 0
