@@ -14,6 +14,7 @@ elsewhere and build the model there once (dask's ``Actor`` would fail every call
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from wsidet.batching import TileBatcher, run_tiles
 from wsidet.errors import DeviceError, WeightsError
 from wsidet.methods.base import Method
 from wsidet.precision import autocast_dtype, resolve_precision
@@ -201,6 +203,10 @@ class Detector:
         folded, in-place activations, channels-last on a CPU).
     allow_pickle : bool
         Also read weights from torch pickle files (they can run code when loaded).
+    share_batches : bool, optional
+        Run model tiles of every thread's blocks through one :class:`~wsidet.batching.
+        TileBatcher` (full batches from all chunk tasks of the process); default on CUDA. On
+        a CPU one block at a time uses every core instead.
 
     Raises
     ------
@@ -221,6 +227,7 @@ class Detector:
         precision: str = "auto",
         network: torch.nn.Module | None = None,
         allow_pickle: bool = False,
+        share_batches: bool | None = None,
     ) -> None:
         import torch
 
@@ -253,6 +260,9 @@ class Detector:
         #: Input pixels the network has computed (model tiles with their margins and stride
         #: padding), for the benchmarks' computed/owned ratio.
         self.computed_pixels = 0
+        if share_batches is None:
+            share_batches = self.device.type == "cuda"
+        self._batcher = TileBatcher(self._forward, self.batch_size) if share_batches else None
         stride = method.stride
         self.tile = max(stride, math.ceil(tile / stride) * stride)
         self.margin = math.ceil(method.receptive_radius / stride) * stride
@@ -290,49 +300,65 @@ class Detector:
             x = stain(x)
         _, height, width = x.shape
         stride = self.method.stride
-        tiles = [
+        windows = [
             (ry, rx)
             for ry in _axis_windows(height, self.tile, self.margin, stride)
             for rx in _axis_windows(width, self.tile, self.margin, stride)
         ]
-        groups: dict[tuple[int, int], list[tuple[Any, Any]]] = {}
-        for ry, rx in tiles:
-            shape = (ry[3] - ry[2], rx[3] - rx[2])
-            groups.setdefault(shape, []).append((ry, rx))
+        tiles = []
+        for ry, rx in windows:
+            tile = x[:, ry[2] : ry[3], rx[2] : rx[3]]
+            # Zero-pad at the far edges to a multiple of the stride; input starts are already
+            # multiples of it, so every block sees the same pooling phase.
+            ph, pw = (-tile.shape[1]) % stride, (-tile.shape[2]) % stride
+            tiles.append(torch.nn.functional.pad(tile, (0, pw, 0, ph)) if ph or pw else tile)
+        if self._batcher is not None:
+            results = run_tiles(self._batcher, self._forward, tiles)
+        else:
+            results = self._run_grouped(tiles)
         canvas: dict[str, torch.Tensor] = {}
-        dtype = autocast_dtype(self.precision)
-        with (
-            torch.inference_mode(),
-            torch.autocast(
-                device_type=self.device.type,
-                dtype=dtype or torch.float32,
-                enabled=dtype is not None,
-            ),
-        ):
-            for (h, w), members in groups.items():
-                # Zero-pad at the far edges to a multiple of the stride; input starts are
-                # already multiples of it, so every block sees the same pooling phase.
-                ph, pw = (-h) % stride, (-w) % stride
-                for b in range(0, len(members), self.batch_size):
-                    batch = members[b : b + self.batch_size]
-                    inputs = torch.stack([x[:, ry[2] : ry[3], rx[2] : rx[3]] for ry, rx in batch])
-                    if ph or pw:
-                        inputs = torch.nn.functional.pad(inputs, (0, pw, 0, ph))
-                    if self.channels_last:
-                        inputs = inputs.contiguous(memory_format=torch.channels_last)
-                    self.computed_pixels += inputs.shape[0] * inputs.shape[2] * inputs.shape[3]
-                    outputs = self.network(inputs)
-                    for name, maps in outputs.items():
-                        if name not in canvas:
-                            canvas[name] = torch.empty(
-                                (maps.shape[1], height, width), dtype=torch.float32, device=x.device
-                            )
-                        for k, (ry, rx) in enumerate(batch):
-                            oy, ox = ry[0] - ry[2], rx[0] - rx[2]
-                            canvas[name][:, ry[0] : ry[1], rx[0] : rx[1]] = maps[
-                                k, :, oy : oy + ry[1] - ry[0], ox : ox + rx[1] - rx[0]
-                            ].float()
+        for (ry, rx), maps in zip(windows, results, strict=True):
+            oy, ox = ry[0] - ry[2], rx[0] - rx[2]
+            for name, tile_maps in maps.items():
+                if name not in canvas:
+                    canvas[name] = torch.empty(
+                        (tile_maps.shape[0], height, width), dtype=torch.float32, device=x.device
+                    )
+                canvas[name][:, ry[0] : ry[1], rx[0] : rx[1]] = tile_maps[
+                    :, oy : oy + ry[1] - ry[0], ox : ox + rx[1] - rx[0]
+                ].float()
         return canvas
+
+    def _forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The network on a batch (n, 3, h, w), in this detector's precision and layout."""
+        import torch
+
+        dtype = autocast_dtype(self.precision)
+        autocast = torch.autocast(
+            device_type=self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None
+        )
+        with torch.inference_mode(), autocast:
+            if self.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            self.computed_pixels += batch.shape[0] * batch.shape[2] * batch.shape[3]
+            outputs: dict[str, torch.Tensor] = self.network(batch)
+            return outputs
+
+    def _run_grouped(self, tiles: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Each tile's maps, tiles of one shape run together in batches of ``batch_size``."""
+        import torch
+
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, tile in enumerate(tiles):
+            groups.setdefault(tuple(tile.shape), []).append(i)
+        results: list[dict[str, torch.Tensor]] = [{} for _ in tiles]
+        for members in groups.values():
+            for b in range(0, len(members), self.batch_size):
+                batch = members[b : b + self.batch_size]
+                outputs = self._forward(torch.stack([tiles[i] for i in batch]))
+                for k, i in enumerate(batch):
+                    results[i] = {name: maps[k] for name, maps in outputs.items()}
+        return results
 
     def detect(
         self,
@@ -360,7 +386,9 @@ class Detector:
             Points in pixel indices of ``image`` (pixel centres are integers), rounded to
             ``QUANTUM``, their scores, and the sums of :meth:`Method.aggregate` over ``core``.
         """
-        with self._lock:
+        # One forward at a time on the CPU (torch already uses every core); with a batcher,
+        # blocks of several threads share batches instead.
+        with self._lock if self._batcher is None else contextlib.nullcontext():
             maps = self.predict(image, stain=stain)
             points, scores = self.method.decode(maps, **decode_params)
             y0, x0, y1, x1 = core if core is not None else (0, 0, *maps_shape(maps))
@@ -386,7 +414,10 @@ class Detector:
             tensor = torch.from_numpy(np.ascontiguousarray(image))
         else:
             tensor = image
-        # Move as uint8 (4x less traffic than float), convert on the device.
+        # Move as uint8 (4x less traffic than float), convert on the device; from pinned
+        # memory the copy runs asynchronously, beside the batcher's forward passes.
+        if self.device.type == "cuda" and tensor.device.type == "cpu":
+            tensor = tensor.pin_memory()
         tensor = tensor.to(self.device, non_blocking=True).permute(2, 0, 1)
         return tensor.float().div_(255.0)
 
