@@ -46,7 +46,7 @@ from wsidet.manifest import (
 from wsidet.methods.base import Method
 from wsidet.pipeline import SlidePlan, detect_slide, plan_slide
 from wsidet.precision import check_precision
-from wsidet.reader import file_problem
+from wsidet.reader import check_slide_file
 from wsidet.resume import output_state, run_signature, slide_fingerprint
 from wsidet.slide import slide_id_for
 from wsidet.stain import StainStats
@@ -133,17 +133,14 @@ def find_slides(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     found: list[Path] = []
     for item in paths:
         p = Path(item)
-        if file_problem(p) == "a folder, not a file":
+        if p.is_dir():
             try:
                 entries = sorted(p.iterdir())
             except OSError:
                 found.append(p)  # fails as a slide, saying why
                 continue
             found += [
-                f
-                for f in entries
-                if f.name.lower().endswith(SLIDE_ENDINGS)
-                and file_problem(f) != "a folder, not a file"
+                f for f in entries if f.name.lower().endswith(SLIDE_ENDINGS) and not f.is_dir()
             ]
         else:
             found.append(p)  # a missing or unreadable file fails later, as that slide's error
@@ -326,10 +323,10 @@ def run_cohort(
             if slide_id in RESERVED_IDS:
                 failed(path, CohortError(f"slide id {slide_id!r} is reserved; rename {path}"))
                 continue
-            problem = file_problem(path)
-            if problem is not None:
-                what = "slide not found" if problem == "not found" else f"not a slide: {problem}"
-                failed(path, SlideNotFoundError(f"{what}: {str(path)!r}"))
+            try:
+                check_slide_file(path)
+            except SlideNotFoundError as exc:
+                failed(path, exc)
                 continue
             try:
                 fingerprint = slide_fingerprint(path)

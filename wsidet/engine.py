@@ -455,11 +455,13 @@ class DetectorSpec:
         """Tiles per forward pass the detector will use (the default of its device type)."""
         if self.batch_size is not None:
             return self.batch_size
-        kind = (self.device or "cpu").split(":")[0]
-        if self.device is None:
-            import torch
+        import torch
 
+        # Not resolve_device: a cohort's driver may plan for GPUs it does not have itself.
+        if self.device is None:
             kind = "cuda" if torch.cuda.is_available() else "cpu"
+        else:
+            kind = self.device.split(":")[0]
         return DEFAULT_BATCH_SIZE.get(kind, 1)
 
     @property

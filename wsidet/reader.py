@@ -101,6 +101,18 @@ def file_problem(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
+def check_slide_file(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`SlideNotFoundError` unless ``path`` is a regular, readable file.
+
+    Never blocks: a FIFO is recognised by its type (:func:`file_problem`), not opened.
+    """
+    problem = file_problem(path)
+    if problem == "not found":
+        raise SlideNotFoundError(f"slide not found: {os.fspath(path)!r}")
+    if problem is not None:
+        raise SlideNotFoundError(f"slide cannot be opened: {os.fspath(path)!r} is {problem}")
+
+
 def open_slide_file(path: str | os.PathLike[str]) -> OpenSlideFile:
     """Open a slide with tiffslide, reusing an open one in this process.
 
@@ -121,11 +133,7 @@ def open_slide_file(path: str | os.PathLike[str]) -> OpenSlideFile:
         The file is not a TIFF-based slide tiffslide can parse.
     """
     path = os.fspath(path)
-    problem = file_problem(path)
-    if problem == "not found":
-        raise SlideNotFoundError(f"slide not found: {path!r}")
-    if problem is not None:
-        raise SlideNotFoundError(f"slide cannot be opened: {path!r} is {problem}")
+    check_slide_file(path)
     st = os.stat(path)
     with _OPEN_LOCK:
         return _open_cached(path, st.st_size, st.st_mtime_ns)
