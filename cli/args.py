@@ -69,3 +69,17 @@ def bounded(kind: type[int] | type[float], low: float, high: float, why: str = "
 def limited(kind: type[int] | type[float], allowed: Range) -> Any:
     """An argparse type for one of the library's :class:`wsidet.limits.Range`."""
     return bounded(kind, allowed.low, allowed.high, allowed.why)
+
+
+def mpp_or_auto(allowed: Range) -> Any:
+    """An argparse type for ``--mpp``: a pixel size in ``allowed``, or ``auto``."""
+    number = limited(float, allowed)
+
+    def parse(text: str) -> float | str:
+        if text.strip().lower() == "auto":
+            return "auto"
+        value: float = number(text)
+        return value
+
+    parse.__name__ = "mpp"
+    return parse

@@ -13,12 +13,21 @@ import logging
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from wsidet._version import __version__
 
-from .args import PICKLE_HELP, OneLineParser, bounded, formats_arg, limited, parse_params
+from .args import (
+    PICKLE_HELP,
+    OneLineParser,
+    bounded,
+    formats_arg,
+    limited,
+    mpp_or_auto,
+    parse_params,
+)
 from .training import add_parsers as add_training_parsers
 from .training import cmd_evaluate, cmd_train
 
@@ -38,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mpp_help = (
         f"level-0 µm/px, overriding the file ({limits.MPP.low:g}-{limits.MPP.high:g}; "
-        "40x is about 0.25, 20x about 0.5)"
+        "40x is about 0.25, 20x about 0.5), or 'auto': the file's where the slide's nuclei "
+        "agree with it, else estimated from them"
     )
     parser.add_argument("--version", action="version", version=f"wsidet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -61,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a method parameter, e.g. --param threshold=0.3 (repeatable)",
     )
-    run.add_argument("--mpp", type=limited(float, limits.MPP), help=mpp_help)
+    run.add_argument("--mpp", type=mpp_or_auto(limits.MPP), help=mpp_help)
     run.add_argument(
         "--chunk",
         type=limited(int, limits.CHUNK),
@@ -132,7 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="levels, pixel size and tissue of a slide")
     info.add_argument("slide", metavar="SLIDE")
-    info.add_argument("--mpp", type=limited(float, limits.MPP), help=mpp_help)
+    info.add_argument(
+        "--mpp",
+        type=limited(float, limits.MPP),
+        help=f"level-0 µm/px, overriding the file ({limits.MPP.low:g}-{limits.MPP.high:g})",
+    )
     info.add_argument("--json", action="store_true", help="print JSON")
     info.add_argument("--debug", action="store_true")
 
@@ -237,6 +251,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if result.status == "done":
             outputs = output_paths(args.out, result.slide_id, ["parquet", *args.format])
             bars.write(_slide_line(result, list(outputs.values())))
+            for warning in json.loads(result.warnings or "[]"):
+                bars.write(f"wsidet: warning: {result.slide_id}: {warning}", error=True)
         else:
             prefix = f"{result.path}: " if several else ""
             bars.write(f"wsidet: error: {prefix}{result.error}", error=True)
@@ -312,11 +328,16 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from wsidet.scale_check import estimate_slide_mpp, mpp_disagreement
     from wsidet.slide import open_slide
 
     slide = open_slide(args.slide, mpp=args.mpp)
     info = slide.info()
     info["tissue_fraction"] = round(slide.tissue_mask().fraction, 4)
+    estimate = estimate_slide_mpp(slide)
+    info["mpp_estimate"] = round(estimate.mpp, 4) if estimate.mpp == estimate.mpp else None
+    info["mpp_estimate_spread"] = round(estimate.spread, 2) if estimate.windows else None
+    warning = mpp_disagreement(slide.mpp, estimate, "the") if slide.mpp else None
     if args.json:
         print(json.dumps(info, indent=2))
         return EXIT_OK
@@ -324,6 +345,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"slide    {info['path']}")
     print(f"format   {info['vendor']}")
     print(f"mpp      {mpp}")
+    guess = (
+        f"{info['mpp_estimate']:.2g} µm/px from the size of its nuclei "
+        f"({estimate.windows} tissue windows)"
+        if info["mpp_estimate"]
+        else "none (no nucleus-like structure found)"
+    )
+    print(f"estimate {guess}")
+    if warning:
+        print(f"wsidet: warning: {warning}", file=sys.stderr)
     print(f"tissue   {100 * info['tissue_fraction']:.1f}% of the slide")
     print("level  height x width   downsample  tile")
     for lv in info["levels"]:
@@ -364,6 +394,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="wsidet: %(levelname)s: %(message)s",
     )
+    # Each slide's line is followed by its warnings (from its result, which also carries
+    # those of slides run on a cluster): the library's warnings would say it twice.
+    from wsidet.errors import MppWarning
+
+    warnings.simplefilter("ignore", MppWarning)
     if not args.debug:
         # tifffile logs what it repairs or rejects; the error we raise already says it once.
         for noisy in ("tifffile", "tiffslide", "distributed", "numexpr"):

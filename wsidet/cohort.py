@@ -199,7 +199,7 @@ def run_cohort(
     tile: int = DEFAULT_TILE,
     batch_size: int | None = None,
     tissue: bool = True,
-    mpp: float | None = None,
+    mpp: float | str | None = None,
     stain: bool | StainStats = False,
     allow_pickle: bool = False,
     precision: str = "auto",
@@ -437,6 +437,7 @@ def _row(
         area_mm2=number("processed_area_mm2"),
         tissue_mm2=number("tissue_area_mm2"),
         totals=json.dumps(meta.get("totals", {})),
+        warnings=json.dumps(meta.get("warnings") or []),
         signature=json.dumps(meta.get("signature"), sort_keys=True),
         reused=reused,
     )

@@ -85,3 +85,10 @@ class NotTrainableError(WsidetError, TypeError):
 
 class PartialCohortWarning(UserWarning):
     """An output folder read as a cohort is missing slides (failed, unlisted or out of bounds)."""
+
+
+class MppWarning(UserWarning):
+    """A slide's pixel size looks wrong (see :mod:`wsidet.scale_check`).
+
+    Far from what its nuclei suggest, or a detection density no H&E tissue has.
+    """

@@ -63,18 +63,23 @@ MAX_ENLARGEMENT = 4.0
 
 def check_run_numbers(
     *,
-    mpp: float | None = None,
+    mpp: float | str | None = None,
     chunk: int | None = None,
     tile: int | None = None,
     batch_size: int | None = None,
 ) -> None:
     """Refuse out-of-range run settings (those given), naming the argument and the range.
 
+    ``mpp`` may be ``"auto"`` (estimated per slide, :mod:`wsidet.scale_check`).
+
     Raises
     ------
     ParameterError
     """
-    if mpp is not None:
+    if isinstance(mpp, str):
+        if mpp != "auto":
+            raise ParameterError(f"mpp must be a number or 'auto', got {mpp!r}")
+    elif mpp is not None:
         MPP.check("mpp", mpp)
     for name, value, allowed in (
         ("chunk", chunk, CHUNK),

@@ -77,6 +77,9 @@ class SlideResult:
         Tissue area found on the slide (NaN when not known).
     totals : str
         JSON of the method's totals (e.g. FCRN's count).
+    warnings : str
+        JSON list of what looked wrong (a pixel size far from its nuclei's estimate, an
+        implausible density), one sentence each.
     signature : str
         JSON of the run signature the outputs carry (see :mod:`wsidet.resume`).
     reused : bool
@@ -101,6 +104,7 @@ class SlideResult:
     area_mm2: float = float("nan")
     tissue_mm2: float = float("nan")
     totals: str = "{}"
+    warnings: str = "[]"
     signature: str = ""
     reused: bool = False
     version: str = __version__

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ import numpy.typing as npt
 
 from wsidet._version import __version__
 from wsidet.engine import DEFAULT_TILE, Detections, DetectorSpec
+from wsidet.errors import MppWarning
 from wsidet.limits import check_block_memory
 from wsidet.methods import DEFAULT_METHOD
 from wsidet.methods.base import Method
@@ -267,6 +269,12 @@ class SlidePlan:
         Whether chunks and points are limited to tissue.
     stain : Reinhard, optional
         The slide's colour normalisation to the training data's.
+    mpp_estimate : float, optional
+        Level-0 pixel size estimated from the slide's nuclei (:mod:`wsidet.scale_check`),
+        None when not estimated.
+    warnings : tuple of str
+        What looks wrong with this run before it starts (a pixel size far from the
+        estimate); :meth:`finish` adds what the detections show (an implausible density).
     """
 
     slide: Slide
@@ -276,6 +284,8 @@ class SlidePlan:
     blocks: tuple[tuple[int, int], ...]
     tissue: bool
     stain: Reinhard | None = None
+    mpp_estimate: float | None = None
+    warnings: tuple[str, ...] = ()
 
     @property
     def method(self) -> Method:
@@ -297,9 +307,11 @@ class SlidePlan:
         """The slide's detections from its blocks' results (in ``blocks`` order).
 
         Maps points to level 0, drops those off tissue, and records the slide, method, scale,
-        totals and timing in ``attrs["wsidet"]``.
+        totals, timing and warnings in ``attrs["wsidet"]``; each warning is also issued as an
+        :class:`~wsidet.errors.MppWarning`.
         """
         from wsidet.io import detections_frame
+        from wsidet.scale_check import density_problem
 
         found = merge_detections(results)
         slide, scale, grid, method = self.slide, self.scale, self.grid, self.method
@@ -315,6 +327,12 @@ class SlidePlan:
             if fraction is not None and slide.mpp is not None
             else None
         )
+        notes = list(self.warnings)
+        if tissue_mm2 is not None:
+            problem = density_problem(len(xy), tissue_mm2)
+            if problem is not None:
+                warnings.warn(f"{slide.slide_id}: {problem}", MppWarning, stacklevel=2)
+                notes.append(problem)
         metadata = {
             "version": __version__,
             "slide": {
@@ -322,6 +340,7 @@ class SlidePlan:
                 "slide_id": slide.slide_id,
                 "mpp": slide.mpp,
                 "mpp_source": slide.mpp_source,
+                "mpp_estimate": self.mpp_estimate,
                 "height": slide.shape[0],
                 "width": slide.shape[1],
                 "vendor": slide.vendor,
@@ -358,6 +377,7 @@ class SlidePlan:
                 "tissue_fraction": fraction,
                 "tissue_area_mm2": tissue_mm2,
             },
+            "warnings": notes,
         }
         return detections_frame(
             xy, scores, method=method.name, slide_id=slide.slide_id, metadata=metadata
@@ -369,7 +389,7 @@ def plan_slide(
     method: str | Method = DEFAULT_METHOD,
     *,
     weights: str | os.PathLike[str] | None = None,
-    mpp: float | None = None,
+    mpp: float | str | None = None,
     chunk: int = DEFAULT_CHUNK,
     device: str | None = None,
     tile: int = DEFAULT_TILE,
@@ -378,6 +398,7 @@ def plan_slide(
     stain: bool | StainStats = False,
     allow_pickle: bool = False,
     precision: str = "auto",
+    check_mpp: bool = True,
 ) -> SlidePlan:
     """Open a slide, choose its scale and chunks, and find the chunks on tissue.
 
@@ -388,9 +409,19 @@ def plan_slide(
     ------
     ParameterError
         One block would not fit in the memory available (see :mod:`wsidet.limits`).
+    MppUnknownError
+        The slide has no pixel size and none was given (the message names the estimate).
     """
+    from wsidet.scale_check import resolve_mpp
+
+    numeric = None if isinstance(mpp, str) else mpp
     if not isinstance(slide, Slide):
-        slide = open_slide(slide, mpp=mpp)
+        slide = open_slide(slide, mpp=numeric)
+    elif numeric is not None:
+        slide = slide.with_mpp(numeric, "override")
+    slide, estimate, notes = resolve_mpp(slide, mpp, check=check_mpp)
+    for note in notes:
+        warnings.warn(f"{slide.slide_id}: {note}", MppWarning, stacklevel=2)
     if isinstance(method, str):
         method, resolved = resolve_method(method, weights, allow_pickle=allow_pickle)
         weights = resolved if weights is None else weights
@@ -417,7 +448,17 @@ def plan_slide(
             else required_stain_reference(spec.weights, method.name, allow_pickle=allow_pickle)
         )
         normaliser = Reinhard(slide_stain_stats(slide, scale), reference)
-    return SlidePlan(slide, spec, scale, grid, tuple(blocks), tissue, normaliser)
+    return SlidePlan(
+        slide,
+        spec,
+        scale,
+        grid,
+        tuple(blocks),
+        tissue,
+        normaliser,
+        None if estimate is None else estimate.mpp,
+        notes,
+    )
 
 
 def detect_slide(
@@ -425,7 +466,7 @@ def detect_slide(
     method: str | Method = DEFAULT_METHOD,
     *,
     weights: str | os.PathLike[str] | None = None,
-    mpp: float | None = None,
+    mpp: float | str | None = None,
     chunk: int = DEFAULT_CHUNK,
     device: str | None = None,
     tile: int = DEFAULT_TILE,
@@ -434,6 +475,7 @@ def detect_slide(
     stain: bool | StainStats = False,
     allow_pickle: bool = False,
     precision: str = "auto",
+    check_mpp: bool = True,
     progress: Progress | None = None,
     scheduler: Any = None,
 ) -> gpd.GeoDataFrame:
@@ -448,8 +490,10 @@ def detect_slide(
         without weights uses its bundled weights when wsidet ships some.
     weights : path, optional
         Weights of a trainable method.
-    mpp : float, optional
-        Level-0 µm/px, overriding the file (only used when ``slide`` is a path).
+    mpp : float or "auto", optional
+        Level-0 µm/px, overriding the file; ``"auto"``: the file's where the slide's
+        nuclei agree with it (within 1.5×), else estimated from them
+        (:mod:`wsidet.scale_check`).
     chunk : int
         Dask chunk edge in working pixels (aligned to the TIFF tiles).
     device : str, optional
@@ -467,6 +511,11 @@ def detect_slide(
         Accept weights in a torch pickle file (loading one can run code).
     precision : str
         ``auto``, ``fp32``, ``bf16`` or ``fp16`` (see :mod:`wsidet.precision`).
+    check_mpp : bool
+        Estimate the pixel size from the slide's nuclei (a few windows read, about a second)
+        and warn (:class:`~wsidet.errors.MppWarning`, and ``attrs["wsidet"]["warnings"]``)
+        when the one used is more than 1.5× off; the density of the detections on tissue is
+        checked either way.
     progress : callable, optional
         ``progress(done, total)`` over detection blocks.
     scheduler : optional
@@ -492,6 +541,7 @@ def detect_slide(
         stain=stain,
         allow_pickle=allow_pickle,
         precision=precision,
+        check_mpp=check_mpp,
     )
     if not (hasattr(scheduler, "compute") and hasattr(scheduler, "gather")):
         plan.spec.get()  # in this process: fail fast on weights/device before reading

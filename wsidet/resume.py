@@ -56,7 +56,7 @@ def run_signature(
     method: Method,
     weights_hash: str | None,
     *,
-    mpp: float | None,
+    mpp: float | str | None,
     tissue: bool,
     stain: bool | dict[str, Any] = False,
     precision: str = "auto",

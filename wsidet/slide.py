@@ -11,6 +11,7 @@ nowhere else.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -153,7 +154,8 @@ class Slide:
     mpp : float or None
         Level-0 micrometres per pixel.
     mpp_source : str
-        Where ``mpp`` came from: ``"file"``, ``"override"`` or ``"unknown"``.
+        Where ``mpp`` came from: ``"file"``, ``"override"``, ``"estimated"`` (from the size
+        of its nuclei, :mod:`wsidet.scale_check`) or ``"unknown"``.
     vendor : str
         Format detected by tiffslide (``aperio``, ``generic-tiff``, ...).
     """
@@ -345,6 +347,11 @@ class Slide:
         )
         self._tissue_cache[key] = mask
         return mask
+
+    def with_mpp(self, mpp: float, source: str) -> Slide:
+        """The same slide at another level-0 pixel size (``source``: where it comes from)."""
+        MPP.check("mpp", mpp)
+        return dataclasses.replace(self, mpp=float(mpp), mpp_source=source, _tissue_cache={})
 
     def info(self) -> dict[str, Any]:
         """A JSON-able summary: path, vendor, mpp and levels."""

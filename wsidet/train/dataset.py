@@ -262,12 +262,14 @@ class PointDataset(torch.utils.data.Dataset[tuple[torch.Tensor, dict[str, torch.
     augment : Augment, optional
         None for no augmentation.
     seed : int
+    weights : sequence of float, shape (len(sources),), optional
+        Probability of drawing each source (normalised here); default: in proportion to
+        area. :func:`mixture_weights` gives weights for several datasets.
 
     Notes
     -----
     Items are ``(image, targets)``: image float32 in [0, 1] of shape (3, patch, patch), targets a
-    dict of float32 tensors of shape (C, patch, patch). Sources are drawn in proportion to their
-    area.
+    dict of float32 tensors of shape (C, patch, patch).
     """
 
     def __init__(
@@ -279,6 +281,7 @@ class PointDataset(torch.utils.data.Dataset[tuple[torch.Tensor, dict[str, torch.
         samples: int = 512,
         augment: Augment | None = None,
         seed: int = 0,
+        weights: Sequence[float] | None = None,
     ) -> None:
         if not sources:
             raise ValueError("PointDataset needs at least one source")
@@ -291,8 +294,14 @@ class PointDataset(torch.utils.data.Dataset[tuple[torch.Tensor, dict[str, torch.
         self.augment = augment
         self.seed = seed
         self.epoch = 0
-        areas = np.array([s.shape[0] * s.shape[1] for s in self.sources], np.float64)
-        self._weights = areas / areas.sum()
+        if weights is None:
+            weights = [s.shape[0] * s.shape[1] for s in self.sources]
+        w = np.asarray(weights, np.float64)
+        if w.shape != (len(self.sources),) or not np.all(np.isfinite(w)) or (w < 0).any():
+            raise ValueError("weights must be one finite, non-negative number per source")
+        if not w.sum() > 0:
+            raise ValueError("weights must not all be zero")
+        self._weights = w / w.sum()
 
     def set_epoch(self, epoch: int) -> None:
         """Draw a new set of patches (call before each epoch)."""
@@ -341,6 +350,41 @@ class PointDataset(torch.utils.data.Dataset[tuple[torch.Tensor, dict[str, torch.
         margin = 64
         near = np.all((points > -margin) & (points < self.patch + margin), axis=1)
         return window, points[near]
+
+
+def mixture_weights(
+    groups: Sequence[Sequence[Source]], shares: Sequence[float]
+) -> npt.NDArray[np.float64]:
+    """Drawing probabilities for the sources of several datasets, concatenated in order.
+
+    Each dataset is drawn with probability proportional to its share, and within a dataset
+    each source in proportion to its area, so a dataset of many small tiles is not drawn more
+    often than one of a few large images.
+
+    Parameters
+    ----------
+    groups : sequence of sequence of Source
+        The sources of each dataset.
+    shares : sequence of float, shape (len(groups),)
+        Relative weight of each dataset (> 0).
+
+    Returns
+    -------
+    ndarray, shape (sum of len(group),)
+        Sums to 1.
+    """
+    if len(groups) != len(shares):
+        raise ValueError(f"{len(groups)} datasets but {len(shares)} shares")
+    total = float(sum(shares))
+    if any(not (s > 0 and math.isfinite(s)) for s in shares) or not total > 0:
+        raise ValueError(f"dataset shares must be finite and > 0, got {list(shares)}")
+    parts = []
+    for group, share in zip(groups, shares, strict=True):
+        if not group:
+            raise ValueError("a dataset has no source")
+        areas = np.array([s.shape[0] * s.shape[1] for s in group], np.float64)
+        parts.append(areas / areas.sum() * share / total)
+    return np.concatenate(parts)
 
 
 def _mirror_points(

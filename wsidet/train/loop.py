@@ -234,6 +234,7 @@ def train(
     allow_pickle: bool = False,
     on_epoch: Callable[[EpochLog], None] | None = None,
     data_record: dict[str, Any] | None = None,
+    train_weights: Sequence[float] | None = None,
 ) -> TrainResult:
     """Train ``method`` and write its best checkpoint to ``out_dir``.
 
@@ -261,6 +262,9 @@ def train(
         Called with each epoch's :class:`EpochLog`.
     data_record : dict, optional
         Extra description of the data, stored in the record.
+    train_weights : sequence of float, optional
+        Probability of drawing each training source (default: by area); see
+        :func:`wsidet.train.dataset.mixture_weights`.
 
     Returns
     -------
@@ -294,6 +298,7 @@ def train(
         samples=config.samples_per_epoch,
         augment=config.augment,
         seed=config.seed,
+        weights=train_weights,
     )
     params = [p for p in network.parameters() if p.requires_grad]
     optimizer: torch.optim.Optimizer

@@ -1,0 +1,259 @@
+"""Does the detector know tissue it has never seen? Leave-one-dataset-out, CRCHisto CV.
+
+Three annotated H&E sources (``../shared/data``), each resampled to the method's 0.5 µm/px:
+
+* ``crchisto``: 100 colorectal images, 20×, stated 0.5 µm/px (UHCW);
+* ``monuseg``: the 13 MoNuSeg training images with nucleus centroids, 7 organs, 40×, 0.252;
+* ``consep``: CoNSeP tiles (colorectal, UHCW), 40×; 0.25 µm/px as measured with
+  ``benchmarks/nucleus_scale.py`` (the annotated nuclei's LoG scale against CRCHisto's), train
+  folder for training, test folder for testing.
+
+Experiments (each trains with the generalist recipe: VOCA, :meth:`Augment.domain_shift`,
+datasets drawn with equal shares, 15 % of every training dataset held out for early stopping
+and the decoding threshold; tested once with the threshold chosen there, never on test data):
+
+* ``lodo-crchisto``, ``lodo-monuseg``, ``lodo-consep``: train on the other two, test zero-shot on
+  the one left out;
+* ``cv-fold1``, ``cv-fold2``: CRCHisto 2-fold (VOCA split): train on the other CRCHisto fold plus
+  MoNuSeg and CoNSeP, test on fold k;
+* ``generalist``: all three (CRCHisto all 100, MoNuSeg 13, CoNSeP train): the shipped
+  default; tested on the CoNSeP test folder (in-distribution).
+* ``shipped``: no training, the CRCHisto-only weights shipped before, on every test set
+  (the "before").
+
+Every test is run without and with stain normalisation (``--stain-normalise``) and scored at
+3 µm (6 px at 0.5 µm/px). A run whose weights exist is not retrained; training resumes from its
+``state.pt``. ``--report`` writes ``benchmarks/results/generalisation.json`` from what has been
+evaluated so far, each row with its minutes, hardware, date and command.
+
+    python benchmarks/generalisation.py --out bench-out/generalisation --run generalist \
+        --minutes 40 [--device cuda]
+    python benchmarks/generalisation.py --out bench-out/generalisation --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results" / "generalisation.json"
+RADIUS_UM = 3.0
+#: The CRCHisto-only VOCA weights shipped before the generalist (the "before", and the start
+#: of fine-tuning where CRCHisto is among the training data).
+CRCHISTO_WEIGHTS = ROOT / "wsidet" / "weights" / "voca-crchisto.safetensors"
+
+
+def datasets(data: Path) -> dict[str, Any]:
+    from wsidet.train.collection import AnnotatedSet
+
+    crc = {
+        "images": data / "crchisto/images",
+        "points": data / "crchisto/detection",
+        "mpp": 0.5,
+        "one_based": True,
+    }
+    split = data / "crchisto/splits.csv"
+    return {
+        "crchisto": AnnotatedSet("crchisto", **crc),
+        "crchisto-fold1": AnnotatedSet("crchisto-fold1", **crc, split=split, fold="1"),
+        "crchisto-fold2": AnnotatedSet("crchisto-fold2", **crc, split=split, fold="2"),
+        "monuseg": AnnotatedSet(
+            "monuseg", data / "monuseg/images", data / "monuseg/points", mpp=0.252
+        ),
+        "consep": AnnotatedSet(
+            "consep", data / "consep/images/train", data / "consep/points/train", mpp=0.25
+        ),
+        "consep-test": AnnotatedSet(
+            "consep-test", data / "consep/images/test", data / "consep/points/test", mpp=0.25
+        ),
+    }
+
+
+@dataclass(frozen=True)
+class Experiment:
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+    init: str | None  # "bundled": fine-tune the shipped CRCHisto weights (only if no test leak)
+
+
+EXPERIMENTS = {
+    "shipped": Experiment((), ("crchisto", "monuseg", "consep-test"), "bundled"),
+    "lodo-monuseg": Experiment(("crchisto", "consep"), ("monuseg",), "bundled"),
+    "lodo-consep": Experiment(("crchisto", "monuseg"), ("consep-test",), "bundled"),
+    "lodo-crchisto": Experiment(("monuseg", "consep"), ("crchisto",), None),
+    "cv-fold1": Experiment(("crchisto-fold2", "monuseg", "consep"), ("crchisto-fold1",), None),
+    "cv-fold2": Experiment(("crchisto-fold1", "monuseg", "consep"), ("crchisto-fold2",), None),
+    "generalist": Experiment(("crchisto", "monuseg", "consep"), ("consep-test",), "bundled"),
+}
+
+
+def hardware(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads (CPU)"
+
+
+def train_one(name: str, exp: Experiment, args: argparse.Namespace, sets: dict[str, Any]) -> Path:
+    from wsidet.methods import get_method
+    from wsidet.train.augment import Augment
+    from wsidet.train.collection import load_sets
+    from wsidet.train.loop import TrainConfig, train
+    from wsidet.weights import method_from_weights
+
+    out = args.out / name
+    weights = out / "voca.safetensors"
+    record = out / "voca.json"
+    if record.is_file() and not args.resume_finished:
+        return weights
+    init = CRCHISTO_WEIGHTS if exp.init == "bundled" else None
+    method = method_from_weights(init, "voca") if init is not None else get_method("voca", width=32)
+    data = load_sets([sets[s] for s in exp.train], method, val_fraction=0.15, seed=args.seed)
+    config = TrainConfig(
+        epochs=args.epochs,
+        samples_per_epoch=args.samples,
+        batch_size=8,
+        patch=128,
+        lr=args.lr if init is None else args.lr / 3,
+        patience=args.patience,
+        seed=args.seed,
+        device=args.device,
+        augment=Augment.domain_shift(),
+        radius=RADIUS_UM / method.mpp,
+        max_minutes=args.minutes,
+        precision=args.precision,
+    )
+    print(f"[{name}] training on {', '.join(exp.train)} -> {out}", flush=True)
+
+    def show(log: Any) -> None:
+        print(
+            f"[{name}] epoch {log.epoch:3d} lr {log.lr:.2e} loss {log.loss:.4f} "
+            f"val F1 {log.val_f1:.4f} (P {log.val_precision:.3f} R {log.val_recall:.3f}) "
+            f"{log.seconds:.0f} s{' *' if log.improved else ''}",
+            flush=True,
+        )
+
+    train(
+        method,
+        data.train,
+        data.validation,
+        config,
+        out,
+        resume=True,
+        init_weights=init,
+        on_epoch=show,
+        data_record={**data.record, "command": " ".join(sys.argv)},
+        train_weights=data.weights,
+    )
+    return weights
+
+
+def evaluate_one(
+    name: str, exp: Experiment, weights: Path, args: argparse.Namespace, sets: dict[str, Any]
+) -> dict[str, Any]:
+    from wsidet.engine import Detector
+    from wsidet.evaluate import evaluate_predictions, predict
+    from wsidet.weights import method_from_weights, stain_reference
+
+    method = method_from_weights(weights, "voca")
+    detector = Detector(method, weights=weights, device=args.device, precision=args.precision)
+    reference = stain_reference(weights)
+    radius = RADIUS_UM / method.mpp
+    rows: dict[str, Any] = {}
+    for test in exp.test:
+        sources = sets[test].load(method, sets[test].pairs())
+        for stain in (False, True):
+            start = time.perf_counter()
+            predictions = predict(detector, sources, stain=reference if stain else None)
+            result = evaluate_predictions(method, predictions, radius=radius)
+            s = result.scores
+            key = f"{test}{' +stain' if stain else ''}"
+            rows[key] = {
+                "precision": round(s.precision, 4),
+                "recall": round(s.recall, 4),
+                "f1": round(s.f1, 4),
+                "count_mae": round(result.count_mae, 2),
+                "images": len(sources),
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+            print(f"[{name}] {key}: P {s.precision:.4f} R {s.recall:.4f} F1 {s.f1:.4f}", flush=True)
+    return rows
+
+
+def report(args: argparse.Namespace) -> None:
+    rows = {}
+    for name in EXPERIMENTS:
+        path = args.out / name / "evaluation.json"
+        if path.is_file():
+            rows[name] = json.loads(path.read_text())
+    doc = {
+        "protocol": __doc__.split("\n\n")[1:4] if __doc__ else None,
+        "radius_um": RADIUS_UM,
+        "experiments": {
+            n: {"train": list(e.train), "test": list(e.test), "init": e.init}
+            for n, e in EXPERIMENTS.items()
+        },
+        "results": rows,
+    }
+    RESULTS.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {RESULTS} ({len(rows)} experiments)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "generalisation")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--run", action="append", choices=list(EXPERIMENTS), default=[])
+    parser.add_argument("--report", action="store_true")
+    parser.add_argument("--minutes", type=float, default=40.0, help="training budget per run")
+    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--samples", type=int, default=2048, help="patches per epoch")
+    parser.add_argument("--patience", type=int, default=12)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument(
+        "--resume-finished", action="store_true", help="continue runs that already finished"
+    )
+    args = parser.parse_args()
+    from wsidet.heap import configure_heap
+
+    configure_heap()
+    sets = datasets(args.data)
+    for name in args.run:
+        exp = EXPERIMENTS[name]
+        start = time.perf_counter()
+        weights = CRCHISTO_WEIGHTS if not exp.train else train_one(name, exp, args, sets)
+        train_record = weights.with_suffix(".json")
+        minutes = json.loads(train_record.read_text()).get("minutes") if exp.train else 0.0
+        rows = evaluate_one(name, exp, weights, args, sets)
+        (args.out / name).mkdir(parents=True, exist_ok=True)
+        (args.out / name / "evaluation.json").write_text(
+            json.dumps(
+                {
+                    "results": rows,
+                    "training_minutes": minutes,
+                    "hardware": hardware(args.device),
+                    "date": time.strftime("%Y-%m-%d"),
+                    "command": "python " + " ".join(sys.argv),
+                    "wall_minutes_this_call": round((time.perf_counter() - start) / 60, 1),
+                },
+                indent=2,
+            )
+        )
+    if args.report:
+        report(args)
+
+
+if __name__ == "__main__":
+    main()

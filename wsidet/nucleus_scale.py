@@ -1,0 +1,223 @@
+"""The pixel size an H&E image must have, from the size of its nuclei.
+
+Nuclei are the dark, roughly round haematoxylin blobs of every H&E image, and their size in
+micrometres varies far less across tissues than a wrong pixel size does (a 20× slide read as
+40× is off by 2). The scale-normalised Laplacian of Gaussian of a disc of radius ``r`` peaks at
+``σ = r / √2`` (Lindeberg 1998). The σ at which the energy of the positive responses of an
+image's haematoxylin density peaks (its *characteristic scale*), times the pixel size, is
+about constant over H&E: :data:`NUCLEUS_SIGMA_UM`, measured on images of known pixel size
+(CRCHisto at 0.5 µm/px, MoNuSeg at 0.25 µm/px; ``benchmarks/nucleus_scale.py`` measures it and
+checks it on other images and slides). Dividing it by the σ measured in pixels estimates the
+pixel size. The energy is dominated by nuclei, which are the darkest, densest blobs; choosing
+per pixel instead (the σ of each dark pixel's largest response) was tried and is far noisier:
+chromatin texture and clusters of nuclei pull single pixels to either end of the range.
+
+Pure functions on arrays: a slide's windows are chosen by the caller
+(:meth:`wsidet.slide.Slide.estimate_mpp`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+#: Characteristic σ (µm) of H&E haematoxylin density (see the module docstring): 1.43 on
+#: CRCHisto, 1.82 on MoNuSeg (``benchmarks/nucleus_scale.py``); their geometric mean.
+NUCLEUS_SIGMA_UM = 1.6
+
+#: Blob scales tried (pixels): σ from 1 to 32 in quarter octaves, which covers pixel sizes from
+#: about 0.06 to 2 µm/px (nuclei 1 to 32 px in σ).
+SIGMAS_PX = tuple(2.0 ** (k / 4) for k in range(0, 21))
+
+
+@dataclass(frozen=True)
+class ScaleEstimate:
+    """A pixel size estimated from nucleus size.
+
+    Attributes
+    ----------
+    mpp : float
+        Estimated µm per pixel of the image measured (nan when no blob was found).
+    sigma_px : float
+        Characteristic σ in pixels of all windows pooled.
+    windows : int
+        Windows (images) whose σ was inside the range.
+    spread : float
+        Largest over smallest σ of single windows (1 for one window): near 1.3 on a slide
+        of H&E tissue; much larger means some windows have no clear nuclei.
+    """
+
+    mpp: float
+    sigma_px: float
+    windows: int
+    spread: float
+
+    def disagrees(self, mpp: float, factor: float = 1.5) -> bool:
+        """Whether ``mpp`` is more than ``factor`` times off this estimate (either way)."""
+        if not (math.isfinite(self.mpp) and self.mpp > 0 and mpp > 0):
+            return False
+        ratio = mpp / self.mpp
+        return ratio > factor or ratio < 1.0 / factor
+
+
+def haematoxylin_density(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    """Haematoxylin optical density (Ruifrok & Johnston), shape (h, w), >= 0.
+
+    Parameters
+    ----------
+    rgb : ndarray, shape (h, w, 3), uint8
+    """
+    from wsidet.nets.fixed import HED_FROM_RGB
+
+    od = -np.log(np.maximum(rgb.astype(np.float32), 1.0) / 255.0)
+    density: npt.NDArray[np.float32] = np.maximum(
+        od @ HED_FROM_RGB[:, 0].astype(np.float32), 0.0
+    ).astype(np.float32)
+    return density
+
+
+def blob_response(
+    density: npt.NDArray[np.float32], sigmas: tuple[float, ...] = SIGMAS_PX
+) -> npt.NDArray[np.float32]:
+    """Scale-normalised ``-σ² ∇²G_σ`` of a density image, shape (len(sigmas), h, w).
+
+    Large σ are computed on the image halved (per octave above σ = 2), then repeated back to
+    full size: the same response to within interpolation, a fraction of the arithmetic.
+    """
+    from scipy import ndimage
+
+    h, w = density.shape
+    out = np.empty((len(sigmas), h, w), np.float32)
+    image, factor = density, 1
+    for i, sigma in enumerate(sigmas):
+        while sigma / factor >= 4.0 and min(image.shape) >= 16:
+            hh, ww = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
+            image = image[:hh, :ww].reshape(hh // 2, 2, ww // 2, 2).mean(axis=(1, 3))
+            factor *= 2
+        s = sigma / factor
+        response = -(s**2) * ndimage.gaussian_laplace(image, s, mode="reflect")
+        if factor > 1:
+            response = np.repeat(np.repeat(response, factor, axis=0), factor, axis=1)
+            response = np.pad(
+                response,
+                ((0, h - response.shape[0]), (0, w - response.shape[1])),
+                mode="edge",
+            )
+        out[i] = response[:h, :w]
+    return out
+
+
+def peak_sigmas(
+    response: npt.NDArray[np.float32], sigmas: tuple[float, ...] = SIGMAS_PX
+) -> npt.NDArray[np.float64]:
+    """σ of the largest response along scale at each position, refined in log σ.
+
+    Parameters
+    ----------
+    response : ndarray, shape (s, n)
+        Responses at ``len(sigmas)`` scales for ``n`` positions.
+    sigmas : tuple of float
+        Quarter-octave (or any geometric) series of scales.
+
+    Returns
+    -------
+    ndarray, shape (n,)
+        The peak σ, nan where it is the smallest or largest σ tried (outside the range).
+    """
+    s, n = response.shape
+    k = np.argmax(response, axis=0)
+    inner = (k > 0) & (k < s - 1)
+    kk = np.clip(k, 1, s - 2)
+    cols = np.arange(n)
+    a, b, c = (response[kk + d, cols].astype(np.float64) for d in (-1, 0, 1))
+    denominator = a - 2 * b + c
+    offset = np.where(denominator < 0, 0.5 * (a - c) / np.where(denominator < 0, denominator, 1), 0)
+    step = math.log2(sigmas[1] / sigmas[0])
+    log_s = np.log2(np.asarray(sigmas))[kk] + step * np.clip(offset, -0.5, 0.5)
+    return np.where(inner, 2.0**log_s, np.nan)
+
+
+def blob_sigmas(
+    rgb: npt.NDArray[np.uint8],
+    points_yx: npt.NDArray[np.float64],
+    *,
+    sigmas: tuple[float, ...] = SIGMAS_PX,
+) -> npt.NDArray[np.float64]:
+    """The σ (pixels) at which the haematoxylin blob at each annotated centre responds most.
+
+    For measuring annotated data (how large its nuclei are in pixels), not for estimating
+    an unannotated image's scale (:func:`estimate_mpp`).
+
+    Parameters
+    ----------
+    rgb : ndarray, shape (h, w, 3), uint8
+    points_yx : ndarray, shape (n, 2)
+        Nucleus centres (pixel indices).
+    sigmas : tuple of float
+
+    Returns
+    -------
+    ndarray, shape (m,)
+        One σ per centre inside the image; centres peaking at the smallest or largest σ
+        tried are left out (their blob is outside the range).
+    """
+    response = blob_response(haematoxylin_density(rgb), sigmas)
+    h, w = response.shape[1:]
+    yx = np.rint(np.asarray(points_yx, np.float64).reshape(-1, 2)).astype(np.int64)
+    inside = (yx >= 0).all(axis=1) & (yx[:, 0] < h) & (yx[:, 1] < w)
+    found = peak_sigmas(response[:, yx[inside, 0], yx[inside, 1]], sigmas)
+    return found[np.isfinite(found)]
+
+
+def scale_energy(
+    rgb: npt.NDArray[np.uint8], sigmas: tuple[float, ...] = SIGMAS_PX
+) -> npt.NDArray[np.float64]:
+    """Mean squared positive blob response of an image at each σ, shape (len(sigmas),).
+
+    Windows of one slide are pooled by adding their energies.
+    """
+    response = blob_response(haematoxylin_density(rgb), sigmas)
+    np.maximum(response, 0.0, out=response)
+    energy: npt.NDArray[np.float64] = (response.astype(np.float64) ** 2).mean(axis=(1, 2))
+    return energy
+
+
+def characteristic_sigma(
+    energy: npt.NDArray[np.float64], sigmas: tuple[float, ...] = SIGMAS_PX
+) -> float:
+    """The σ (pixels) where an energy profile peaks (nan at either end of the range)."""
+    profile = np.asarray(energy, np.float32).reshape(-1, 1)
+    return float(peak_sigmas(profile, sigmas)[0])
+
+
+def estimate_from_energies(
+    energies: list[npt.NDArray[np.float64]], sigmas: tuple[float, ...] = SIGMAS_PX
+) -> ScaleEstimate:
+    """A :class:`ScaleEstimate` from the energy profiles of one or more windows.
+
+    Windows whose energy peaks at either end of the σ range are left out.
+    """
+    if not energies:
+        return ScaleEstimate(math.nan, math.nan, 0, math.nan)
+    # The median window, not the pooled energy: one window of dense lymphocytes or of a
+    # large-scale pattern has many times the energy of the others and would decide alone.
+    each = [characteristic_sigma(e, sigmas) for e in energies]
+    finite = [v for v in each if math.isfinite(v)]
+    if not finite:
+        return ScaleEstimate(math.nan, math.nan, len(energies), math.nan)
+    sigma = float(np.median(finite))
+    return ScaleEstimate(NUCLEUS_SIGMA_UM / sigma, sigma, len(finite), max(finite) / min(finite))
+
+
+def estimate_mpp(rgb: npt.NDArray[np.uint8]) -> ScaleEstimate:
+    """Estimate the pixel size of an H&E image (or tissue window) from its nuclei.
+
+    Parameters
+    ----------
+    rgb : ndarray, shape (h, w, 3), uint8
+        At least 128 pixels a side; nuclei should fill a good part of it.
+    """
+    return estimate_from_energies([scale_energy(rgb)])
