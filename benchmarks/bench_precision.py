@@ -58,7 +58,7 @@ def main() -> None:
     sources = [
         s
         for p in find_pairs(DATA / "images", DATA / "detection")
-        for s in load_sources(p, method, one_based=True)
+        for s in load_sources(p, method, one_based=True, image_mpp=0.5)
     ]
     result: dict[str, object] = {
         "method": method.name,

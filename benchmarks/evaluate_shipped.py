@@ -49,7 +49,7 @@ def main() -> None:
         sources = [
             s
             for p in find_pairs(DATA / "images", DATA / "detection")
-            for s in load_sources(p, method, one_based=True)
+            for s in load_sources(p, method, one_based=True, image_mpp=0.5)
         ]
         predictions = predict(detector, sources)
         held_out = set(record["data"]["validation"]["sources"])

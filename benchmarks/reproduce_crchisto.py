@@ -77,7 +77,7 @@ def run_fold(name: str, fold: int, out: Path, args: argparse.Namespace) -> dict[
     val_pairs, fit_pairs = shuffled[:n_val], shuffled[n_val:]
 
     def load(items: list[Any]) -> list[Any]:
-        return [s for p in items for s in load_sources(p, method, one_based=True)]
+        return [s for p in items for s in load_sources(p, method, one_based=True, image_mpp=0.5)]
 
     started = time.perf_counter()
     weights = None

@@ -74,7 +74,8 @@ def run_draw(name: str, draw: int, out: Path, args: argparse.Namespace) -> dict[
     fit, val = chosen[:N_TRAIN], chosen[N_TRAIN:]
 
     def load(items: list[Any]) -> list[Any]:
-        return [s for p in items for s in load_sources(p, method)]
+        # Synthetic cells have no physical size: taken at the method's pixel size.
+        return [s for p in items for s in load_sources(p, method, image_mpp=method.mpp)]
 
     result = train(
         method,

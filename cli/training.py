@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +15,24 @@ from .args import PICKLE_HELP, bounded, limited, parse_params
 EXIT_OK = 0
 
 
+RADIUS_HELP = "matching radius: µm, or with a unit, e.g. 3um, 6px (pixels of the images)"
+
+
+def radius_arg(text: str) -> tuple[float, str]:
+    """``3``, ``3um``, ``3µm`` (micrometres) or ``6px`` as (value, unit)."""
+    value = text.strip().lower()
+    unit = "um"
+    for suffix, name in (("µm", "um"), ("um", "um"), ("px", "px")):
+        if value.endswith(suffix):
+            value, unit = value[: -len(suffix)].strip(), name
+            break
+    number = bounded(float, 0.01, 1000.0)(value)
+    return float(number), unit
+
+
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--images", required=True, metavar="DIR", help="images or slides")
-    parser.add_argument(
-        "--points", required=True, metavar="DIR", help="x,y CSV / GeoJSON / GeoParquet per image"
-    )
+    parser.add_argument("--images", metavar="DIR", help="images or slides")
+    parser.add_argument("--points", metavar="DIR", help="x,y CSV / GeoJSON / GeoParquet per image")
     parser.add_argument("--split", metavar="FILE", help="CSV: image id, fold column")
     parser.add_argument("--fold", help="use the images of this fold (with --split)")
     parser.add_argument(
@@ -32,7 +44,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image-mpp",
         type=limited(float, MPP),
-        help="µm/px of plain images (default: the method's)",
+        help="µm/px of the images (required for PNG/JPEG; slides state their own)",
     )
     parser.add_argument("--device", help="cpu, cuda or cuda:N")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
@@ -43,6 +55,12 @@ def add_parsers(sub: Any) -> None:
     train = sub.add_parser("train", help="train a method on annotated images or slides")
     train.add_argument("--method", required=True)
     add_data_arguments(train)
+    train.add_argument(
+        "--sources",
+        metavar="FILE",
+        help="TOML file of several datasets, each with its pixel size and share "
+        "(instead of --images/--points; see wsidet.train.collection)",
+    )
     train.add_argument("--out", required=True, metavar="DIR")
     train.add_argument("--epochs", type=bounded(int, 1, 100_000), default=100)
     train.add_argument(
@@ -68,9 +86,9 @@ def add_parsers(sub: Any) -> None:
     )
     train.add_argument(
         "--radius",
-        type=bounded(float, 0.1, 1000.0),
-        default=6.0,
-        help="validation matching radius (px)",
+        type=bounded(float, 0.05, 500.0),
+        default=3.0,
+        help="validation matching radius in µm (default 3: 6 px at 0.5 µm/px)",
     )
     train.add_argument(
         "--select-on",
@@ -100,6 +118,12 @@ def add_parsers(sub: Any) -> None:
         default=0.0,
         help="patches resized by U(1 ± this)",
     )
+    train.add_argument(
+        "--domain-shift",
+        action="store_true",
+        help="the generalist's augmentation: stain ±10%%, intensity, gamma, blur, JPEG, "
+        "scale ±25%% (overrides the three jitters above)",
+    )
     train.add_argument("-q", "--quiet", action="store_true")
     train.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     train.add_argument(
@@ -115,9 +139,12 @@ def add_parsers(sub: Any) -> None:
     )
     evaluate.add_argument(
         "--weights",
-        help="trained weights (default: the method's bundled ones; none for untrained methods)",
+        help="trained weights, or the name of bundled ones (default: the method's bundled "
+        "weights; none for untrained methods)",
     )
-    evaluate.add_argument("--method", help="method (default: the one the weights name)")
+    evaluate.add_argument(
+        "--method", help="method (default: the one the weights name, else wsidet's default)"
+    )
     evaluate.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     evaluate.add_argument(
         "--precision",
@@ -128,9 +155,9 @@ def add_parsers(sub: Any) -> None:
     add_data_arguments(evaluate)
     evaluate.add_argument(
         "--radius",
-        type=bounded(float, 0.1, 1000.0),
+        type=radius_arg,
         action="append",
-        help="matching radius in px (repeatable; default 6)",
+        help=f"{RADIUS_HELP} (repeatable; default 3 µm)",
     )
     evaluate.add_argument(
         "--stain-normalise",
@@ -143,6 +170,10 @@ def add_parsers(sub: Any) -> None:
 def _pairs(args: argparse.Namespace) -> list[Any]:
     from wsidet.train.sources import find_pairs, select_fold
 
+    if not args.images or not args.points:
+        raise ValueError(
+            "give --images and --points" + (" (or --sources)" if args.command == "train" else "")
+        )
     pairs = find_pairs(args.images, args.points)
     if args.split:
         if args.fold is None:
@@ -188,14 +219,32 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     else:
         method = get_method(args.method, **parse_params(args.param))
-    pairs = _pairs(args)
-    if len(pairs) < 2:
-        raise ValueError(f"need at least 2 annotated images (one for validation), got {len(pairs)}")
-    shuffled = pairs[:]
-    random.Random(args.seed).shuffle(shuffled)
-    n_val = min(len(pairs) - 1, max(1, round(args.val_fraction * len(pairs))))
-    val_pairs, train_pairs = shuffled[:n_val], shuffled[n_val:]
-    load = {"one_based": args.one_based, "image_mpp": args.image_mpp}
+    weights: Any = None
+    if args.sources:
+        if args.images or args.points or args.split:
+            raise ValueError("give --sources or --images/--points, not both")
+        from wsidet.train.collection import load_sets, read_sets
+
+        data = load_sets(
+            read_sets(args.sources), method, val_fraction=args.val_fraction, seed=args.seed
+        )
+        train_sources, val_sources, weights = data.train, data.validation, data.weights
+        record = {"sources_file": str(args.sources), **data.record}
+        what = f"{len(data.record['datasets'])} datasets"
+    else:
+        from wsidet.train.collection import hold_out
+
+        train_pairs, val_pairs = hold_out(_pairs(args), args.val_fraction, args.seed)
+        load = {"one_based": args.one_based, "image_mpp": args.image_mpp}
+        train_sources = [s for p in train_pairs for s in load_sources(p, method, **load)]
+        val_sources = [s for p in val_pairs for s in load_sources(p, method, **load)]
+        record = {**_data_record(args), "validation_keys": [p.key for p in val_pairs]}
+        what = f"{len(train_pairs)} images, validating on {len(val_pairs)}"
+    augment = (
+        Augment.domain_shift()
+        if args.domain_shift
+        else Augment(hed=args.hed_jitter, intensity=args.intensity_jitter, scale=args.scale_jitter)
+    )
     config = TrainConfig(
         epochs=args.epochs,
         samples_per_epoch=args.samples_per_epoch,
@@ -206,18 +255,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         patience=args.patience,
         seed=args.seed,
         device=args.device,
-        augment=Augment(
-            hed=args.hed_jitter, intensity=args.intensity_jitter, scale=args.scale_jitter
-        ),
-        radius=args.radius,
+        augment=augment,
+        radius=args.radius / method.mpp,
         max_minutes=args.minutes,
         select_on=args.select_on,
         precision=args.precision,
     )
-    print(
-        f"training {method.name} on {len(train_pairs)} images, validating on {len(val_pairs)} "
-        f"-> {args.out}"
-    )
+    print(f"training {method.name} on {what} -> {args.out}")
 
     def show(log: Any) -> None:
         if not args.quiet:
@@ -232,20 +276,53 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     result = train(
         method,
-        [s for p in train_pairs for s in load_sources(p, method, **load)],
-        [s for p in val_pairs for s in load_sources(p, method, **load)],
+        train_sources,
+        val_sources,
         config,
         args.out,
         resume=args.resume,
         init_weights=init,
         allow_pickle=args.allow_pickle,
         on_epoch=show,
-        data_record={**_data_record(args), "validation_keys": [p.key for p in val_pairs]},
+        data_record=record,
+        train_weights=weights,
     )
     what = "validation F1" if config.select_on == "f1" else "validation count MAE"
     value = result.best_score if config.select_on == "f1" else -result.best_score
     print(f"best epoch {result.best_epoch}: {what} {value:.4f} -> {result.weights}")
     return EXIT_OK
+
+
+def _radius_px(radius: tuple[float, str], image_mpp: float, method_mpp: float) -> float:
+    """A radius (value, unit) as the method's working pixels, where matching happens."""
+    value, unit = radius
+    microns = value * image_mpp if unit == "px" else value
+    return microns / method_mpp
+
+
+def _image_mpp(args: argparse.Namespace, pairs: list[Any]) -> float:
+    """The images' pixel size: --image-mpp, else the one the slides state (all the same)."""
+    if args.image_mpp is not None:
+        return float(args.image_mpp)
+    from wsidet.slide import open_slide
+    from wsidet.train.sources import SLIDE_SUFFIXES, AnnotationError
+
+    found = set()
+    for pair in pairs:
+        if pair.image.suffix.lower() not in SLIDE_SUFFIXES:
+            raise AnnotationError(
+                f"{pair.image.name}: the pixel size of plain images must be given "
+                "(--image-mpp; e.g. 0.25 at 40x, 0.5 at 20x)"
+            )
+        mpp = open_slide(pair.image).mpp
+        if mpp is None:
+            raise AnnotationError(f"{pair.image.name} states no pixel size: give --image-mpp")
+        found.add(round(mpp, 4))
+    if len(found) != 1:
+        raise AnnotationError(
+            f"the slides have different pixel sizes ({sorted(found)}); evaluate them apart"
+        )
+    return found.pop()
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -256,10 +333,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from wsidet.train.dataset import load_sources
     from wsidet.weights import resolve_method, stain_reference
 
-    if args.weights is None and args.method is None:
-        raise ValueError("give --weights, or a --method (with --param to set its parameters)")
-    # Weights fix the method; a trainable method alone gets its bundled weights; a method with
-    # nothing to train runs as its parameters say.
+    # Weights fix the method; a trainable method alone (or nothing named: wsidet's default)
+    # gets its bundled weights; a method with nothing to train runs as its parameters say.
     method, weights = resolve_method(
         args.method, args.weights, allow_pickle=args.allow_pickle, **parse_params(args.param)
     )
@@ -268,10 +343,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"method {method.name!r} needs trained weights and wsidet ships none: give --weights"
         )
     pairs = _pairs(args)
+    image_mpp = _image_mpp(args, pairs)
     sources = [
         s
         for p in pairs
-        for s in load_sources(p, method, one_based=args.one_based, image_mpp=args.image_mpp)
+        for s in load_sources(p, method, one_based=args.one_based, image_mpp=image_mpp)
     ]
     reference = None
     if args.stain_normalise:
@@ -299,29 +375,56 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "stain_normalise": bool(args.stain_normalise),
         "threshold": {method.threshold_param: getattr(method, method.threshold_param)},
         "images": len(sources),
-        "data": _data_record(args),
+        "image_mpp": image_mpp,
+        "method_mpp": method.mpp,
+        "data": {**_data_record(args), "image_mpp": image_mpp},
         "radii": {},
     }
-    results = {}
-    for radius in args.radius or [6.0]:
-        result = results[radius] = evaluate_predictions(method, predictions, radius=radius)
+    curves, marks = {}, {}
+    for radius in args.radius or [(3.0, "um")]:
+        value, unit = radius
+        r_px = _radius_px(radius, image_mpp, method.mpp)
+        microns = r_px * method.mpp
+        label = f"{value:g} {'µm' if unit == 'um' else 'px'}"
+        result = evaluate_predictions(method, predictions, radius=r_px)
+        curve = sweep(method, predictions, radius=r_px)
+        tuned = max(curve, key=lambda e: e.scores.f1)
         s = result.scores
+        to_um = method.mpp
         print(
-            f"{method.name} radius {radius:g} px: precision {s.precision:.4f} "
-            f"recall {s.recall:.4f} F1 {s.f1:.4f} | localisation median {s.loc_median:.2f} px "
-            f"(Q1 {s.loc_q1:.2f}, Q3 {s.loc_q3:.2f}) | count MAE {result.count_mae:.2f}"
+            f"{method.name} radius {label} ({microns:.3g} µm): precision {s.precision:.4f} "
+            f"recall {s.recall:.4f} F1 {s.f1:.4f} | localisation median "
+            f"{s.loc_median * to_um:.2f} µm (Q1 {s.loc_q1 * to_um:.2f}, Q3 "
+            f"{s.loc_q3 * to_um:.2f}) | count MAE {result.count_mae:.2f} | best F1 on these "
+            f"images {tuned.scores.f1:.4f} (threshold tuned on them, not a test figure)"
         )
-        report["radii"][str(radius)] = result.as_dict()
+        report["radii"][label] = {
+            "radius_um": microns,
+            "radius_working_px": r_px,
+            **result.as_dict(),
+            "localisation_um": {
+                "median": s.loc_median * to_um,
+                "q1": s.loc_q1 * to_um,
+                "q3": s.loc_q3 * to_um,
+            },
+            "tuned_on_test_data": {
+                "note": "the threshold with the best F1 on these same images: optimistic, "
+                "not a test figure",
+                "threshold": tuned.params.get(method.threshold_param),
+                "precision": tuned.scores.precision,
+                "recall": tuned.scores.recall,
+                "f1": tuned.scores.f1,
+            },
+        }
+        curves[label], marks[label] = curve, result
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        radius = (args.radius or [6.0])[0]
-        curve = sweep(method, predictions, radius=radius)
         write_pr_curve(
-            {method.name: curve},
+            curves,
             out / "pr.png",
-            title=f"{method.name}, {radius:g} px (circle: the weights' threshold)",
-            marks={method.name: results[radius]},
+            title=f"{method.name}: one curve per radius (circle: the weights' threshold)",
+            marks=marks,
         )
         with atomic_path(out / "evaluation.json", overwrite=True) as tmp:
             tmp.write_text(json.dumps(report, indent=2, default=str))

@@ -92,7 +92,9 @@ def test_regions_become_sources_with_their_points(tmp_path: Path) -> None:
     ]
     points = tmp_path / "img1.geojson"
     points.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
-    sources = load_sources(Annotated("1", image, points), METHOD)
+    with pytest.raises(AnnotationError, match="pixel size of plain images must be given"):
+        load_sources(Annotated("1", image, points), METHOD)
+    sources = load_sources(Annotated("1", image, points), METHOD, image_mpp=METHOD.mpp)
     assert [s.key for s in sources] == ["1#0", "1#1"]
     pixels = np.asarray(Image.open(image).convert("RGB"))
     for source, (y0, x0, y1, x1) in zip(sources, boxes, strict=True):
@@ -102,7 +104,7 @@ def test_regions_become_sources_with_their_points(tmp_path: Path) -> None:
         inside = (pixel >= [y0, x0]).all(1) & (pixel < [y1, x1]).all(1)
         np.testing.assert_allclose(source.points_yx, pts[inside] - [y0, x0])
     with pytest.raises(AnnotationError, match="2 regions"):
-        load_source(Annotated("1", image, points), METHOD)
+        load_source(Annotated("1", image, points), METHOD, image_mpp=METHOD.mpp)
     # Patches are cut inside the regions only.
     dataset = PointDataset(sources, METHOD, patch=64, samples=4, augment=None)
     assert all(dataset[i][0].shape == (3, 64, 64) for i in range(4))

@@ -19,7 +19,7 @@ from wsidet.engine import weights_hash
 from wsidet.errors import WeightsError
 from wsidet.evaluate import Predictions, choose_threshold, evaluate_predictions
 from wsidet.io import detections_frame, read_detections, write_geoparquet
-from wsidet.methods import get_method
+from wsidet.methods import DEFAULT_METHOD, get_method
 from wsidet.methods.base import Method
 from wsidet.train.augment import Augment, dihedral, hed_jitter
 from wsidet.train.checkpoint import save_weights
@@ -454,28 +454,29 @@ def test_train_and_evaluate_commands(tmp_path: Path, capsys) -> None:
     # How the points were read is part of the record, not only of the command line.
     data = json.loads((tmp_path / "m" / "voca.json").read_text())["data"]
     assert data["one_based"] is False and data["image_mpp"] == get_method("voca").mpp
-    code = main([
+    evaluate = [
         "evaluate", "--weights", str(tmp_path / "m" / "voca.safetensors"), "--images", str(images),
-        "--points", str(points), "--radius", "6", "--radius", "8", "--out", str(tmp_path / "e"),
-    ])  # fmt: skip
+        "--points", str(points), "--out", str(tmp_path / "e"),
+    ]  # fmt: skip
+    # The images' pixel size is never assumed.
+    assert main(evaluate) == 1
+    assert "pixel size of plain images must be given" in capsys.readouterr().err
+    # Radii in µm, or in the images' pixels: at 0.25 µm/px, 6 px is 1.5 µm (3 working px).
+    code = main([*evaluate, "--image-mpp", "0.25", "--radius", "6px", "--radius", "3"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert "radius 6 px" in out and "radius 8 px" in out
+    assert "radius 6 px (1.5 µm)" in out and "radius 3 µm (3 µm)" in out
+    assert "not a test figure" in out
     report = json.loads((tmp_path / "e" / "evaluation.json").read_text())
-    assert set(report["radii"]) == {"6.0", "8.0"} and (tmp_path / "e" / "pr.png").is_file()
-    code = main(
-        [
-            "train",
-            "--method",
-            "log",
-            "--images",
-            str(images),
-            "--points",
-            str(points),
-            "--out",
-            str(tmp_path / "x"),
-        ]
-    )
+    assert set(report["radii"]) == {"6 px", "3 µm"} and (tmp_path / "e" / "pr.png").is_file()
+    six = report["radii"]["6 px"]
+    assert six["radius_um"] == pytest.approx(1.5) and six["radius_working_px"] == pytest.approx(3)
+    assert "optimistic" in six["tuned_on_test_data"]["note"]
+    assert report["image_mpp"] == 0.25
+    code = main([
+        "train", "--method", "log", "--images", str(images), "--points", str(points),
+        "--out", str(tmp_path / "x"), "--image-mpp", "0.5",
+    ])  # fmt: skip
     _, err = capsys.readouterr()
     assert code == 1 and "nothing to train" in err
 
@@ -483,14 +484,16 @@ def test_train_and_evaluate_commands(tmp_path: Path, capsys) -> None:
 def test_evaluate_runs_a_method_without_weights(tmp_path: Path, capsys) -> None:
     rng = np.random.default_rng(8)
     images, points = annotated_folder(tmp_path, 2, rng)
-    data = ["--images", str(images), "--points", str(points), "--device", "cpu"]
+    data = [
+        "--images", str(images), "--points", str(points), "--device", "cpu", "--image-mpp", "0.5",
+    ]  # fmt: skip
     # LoG has nothing to train: its parameters are all it needs.
     code = main(
         ["evaluate", "--method", "log", "--param", "threshold=0.1", *data, "--out", str(tmp_path)]
     )
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert "log radius 6 px" in out
+    assert "log radius 3 µm (3 µm)" in out
     report = json.loads((tmp_path / "evaluation.json").read_text())
     assert report["weights"] is None and report["params"]["threshold"] == 0.1
     assert report["data"]["one_based"] is False
@@ -498,9 +501,11 @@ def test_evaluate_runs_a_method_without_weights(tmp_path: Path, capsys) -> None:
     code = main(["evaluate", "--method", "mapde", *data])
     _, err = capsys.readouterr()
     assert code == 1 and "needs trained weights" in err and "--weights" in err
+    # Nothing named: wsidet's default method with its bundled weights, as `wsidet run`.
     code = main(["evaluate", *data])
-    _, err = capsys.readouterr()
-    assert code == 1 and "--method" in err
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.startswith(f"{DEFAULT_METHOD} radius 3 µm")
 
 
 def test_a_time_budget_anneals_the_learning_rate_by_the_time_it_runs_out() -> None:

@@ -218,3 +218,42 @@ def test_scale_jittered_patches_keep_points_on_their_nuclei(seed: int, index: in
     threshold = density.max() / 2
     for y, x in np.rint(points[inside]).astype(int):
         assert density[y, x] > threshold
+
+
+def test_train_command_takes_a_sources_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from wsidet.cli.main import main
+
+    rng = np.random.default_rng(4)
+    for name, size in (("a", 96), ("b", 192)):
+        images, points = [], []
+        for _ in range(3):
+            pts = random_points(rng, (size, size), 6, min_sep=20, margin=10)
+            images.append(blob_image((size, size), pts, 6.0, rng=rng))
+            points.append(pts)
+        _write_set(tmp_path / name, images, points)
+    sources = tmp_path / "sources.toml"
+    sources.write_text(
+        '[[dataset]]\nname = "a"\nimages = "a/images"\npoints = "a/points"\nmpp = 0.5\n'
+        '[[dataset]]\nname = "b"\nimages = "b/images"\npoints = "b/points"\nmpp = 0.25\n'
+        "share = 3\n"
+    )
+    args = [
+        "train", "--method", "voca", "--param", "width=4", "--sources", str(sources),
+        "--out", str(tmp_path / "m"), "--epochs", "1", "--samples-per-epoch", "8",
+        "--batch-size", "4", "--patch", "64", "--device", "cpu", "--domain-shift",
+    ]  # fmt: skip
+    code = main(args)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "on 2 datasets" in out
+    record = json.loads((tmp_path / "m" / "voca.json").read_text())
+    datasets = record["data"]["datasets"]
+    assert [d["name"] for d in datasets] == ["a", "b"] and datasets[1]["share"] == 3.0
+    assert record["train"]["augment"]["jpeg"] == Augment.domain_shift().jpeg
+    assert record["validation"]["radius"] == pytest.approx(6.0)  # 3 µm at 0.5 µm/px
+    assert main([*args, "--images", str(tmp_path)]) == 1
+    assert "not both" in capsys.readouterr().err

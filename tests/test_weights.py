@@ -9,7 +9,7 @@ import pytest
 
 from wsidet.engine import Detector
 from wsidet.methods import DEFAULT_METHOD, method_class
-from wsidet.weights import bundled_methods, bundled_weights, resolve_method
+from wsidet.weights import bundled_methods, bundled_names, bundled_weights, resolve_method
 
 PACKAGE = Path(__file__).resolve().parent.parent / "wsidet" / "weights"
 
@@ -37,15 +37,25 @@ def test_bundled_weights_stay_small() -> None:
     assert total <= 20 * 2**20
 
 
-@pytest.mark.parametrize("name", bundled_methods())
+def test_variants_are_named_not_methods() -> None:
+    assert set(bundled_methods()) < set(bundled_names())
+    assert all("-" not in m for m in bundled_methods())
+    assert bundled_weights("../voca") is None and bundled_weights("") is None
+
+
+@pytest.mark.parametrize("name", bundled_names())
 def test_bundled_weights_load_and_say_how_they_were_made(name: str) -> None:
-    method, weights = resolve_method(name)
+    # By file name: a method's default weights (``voca``) and its variants (``voca-crchisto``).
+    method, weights = resolve_method(weights=name)
+    assert weights == bundled_weights(name)
     assert weights is not None
+    if "-" not in name:
+        assert resolve_method(name)[1] == weights
     # Strict loading: every tensor the network needs is in the file, and nothing else.
     detector = Detector(method, weights=weights, device="cpu")
     assert detector.method == method
     record = json.loads(weights.with_suffix(".json").read_text())
-    assert record["method"] == name and record["params"] == method.params()
+    assert record["method"] == name.split("-")[0] and record["params"] == method.params()
     for key in ("git_commit", "torch_version", "train", "data", "device_name", "minutes"):
         assert record[key] not in (None, "", {})
     assert record["made_with"]["command"].startswith("wsidet train")

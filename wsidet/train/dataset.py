@@ -176,15 +176,21 @@ def load_sources(
 
     TIFF-based files (SVS, TIFF, OME-TIFF) are read lazily through
     :class:`~wsidet.slide.Slide` at the method's scale, exactly as inference reads them; their
-    pixel size is the file's, else ``image_mpp``, else the method's. PNG/JPEG images are loaded
-    into memory; they are taken to be at the method's pixel size unless ``image_mpp`` says
-    otherwise, in which case they are resampled as slide chunks are.
+    pixel size is ``image_mpp`` when given, else the file's. PNG/JPEG images are loaded into
+    memory and resampled from ``image_mpp`` to the method's pixel size as slide chunks are.
+    A pixel size is never assumed: an image whose size is not known is refused.
 
     Regions drawn in the annotation file (GeoJSON polygons, e.g. QuPath annotations) become
     one source each, so patches and evaluation stay where nuclei were marked. A slide without
     regions is limited to the box around its points (grown by :data:`POINT_MARGIN`): the rest
     of a slide is not annotated, and neither background nor unmarked nuclei. An image without
     regions is used whole.
+
+    Raises
+    ------
+    AnnotationError
+        The image's pixel size is unknown (a plain image without ``image_mpp``, a slide whose
+        file states none), or the annotations mark nothing inside it.
     """
     notes = read_annotations(item.points, one_based=one_based)
     points, regions = notes.points_yx, notes.regions
@@ -192,7 +198,9 @@ def load_sources(
     if item.image.suffix.lower() in SLIDE_SUFFIXES:
         slide = open_slide(item.image, mpp=image_mpp)
         if slide.mpp is None:
-            slide = open_slide(item.image, mpp=method.mpp)
+            raise AnnotationError(
+                f"{item.image.name} states no pixel size: give it (image_mpp, --image-mpp)"
+            )
         scale = slide.scale_for_mpp(method.mpp)
         whole = SlideSource(item.key, slide, scale, level0_to_working(points, scale))
         corners = level0_to_working(regions.reshape(-1, 2), scale).reshape(-1, 4)
@@ -205,9 +213,14 @@ def load_sources(
                 f"{str(item.points)!r} marks no point and no region inside {item.image.name}"
             )
     else:
+        if image_mpp is None:
+            raise AnnotationError(
+                f"{item.image.name}: the pixel size of plain images must be given "
+                "(image_mpp, --image-mpp; e.g. 0.25 at 40x, 0.5 at 20x)"
+            )
         image = _read_image(item.image)
         factor = 1.0
-        if image_mpp is not None and abs(method.mpp / image_mpp - 1) > 1e-6:
+        if abs(method.mpp / image_mpp - 1) > 1e-6:
             factor = method.mpp / image_mpp
             h, w = image.shape[:2]
             oh, ow = resampled_size(h, factor), resampled_size(w, factor)

@@ -19,16 +19,27 @@ from wsidet.stain import StainStats
 from wsidet.weights.files import weights_metadata
 
 
-def bundled_weights(method: str) -> Path | None:
-    """Path of the bundled weights of ``method``, or None if none ship."""
-    path = Path(str(resources.files(__name__))) / f"{method}.safetensors"
+def bundled_weights(name: str) -> Path | None:
+    """Path of bundled weights, or None if none ship under that name.
+
+    ``name`` is a method (its default weights, e.g. ``voca``) or one of
+    :func:`bundled_names` (``METHOD-VARIANT``, e.g. ``voca-crchisto``).
+    """
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        return None
+    path = Path(str(resources.files(__name__))) / f"{name}.safetensors"
     return path if path.is_file() else None
 
 
-def bundled_methods() -> list[str]:
-    """Methods with bundled weights."""
+def bundled_names() -> list[str]:
+    """Every bundled weights file by name: methods' defaults and their variants."""
     folder = Path(str(resources.files(__name__)))
     return sorted(p.stem for p in folder.glob("*.safetensors"))
+
+
+def bundled_methods() -> list[str]:
+    """Methods with bundled default weights."""
+    return [name for name in bundled_names() if "-" not in name]
 
 
 def stain_reference(
@@ -141,6 +152,8 @@ def resolve_method(
     name : str, optional
         Method name (default :data:`~wsidet.methods.DEFAULT_METHOD`).
     weights : path, optional
+        A weights file, or the name of bundled weights (:func:`bundled_names`) where no file
+        of that name exists.
     allow_pickle : bool
         Accept torch pickle weights (see :mod:`wsidet.weights.files`).
     **params
@@ -151,6 +164,9 @@ def resolve_method(
     (Method, Path or None)
     """
     if weights is not None:
+        if not Path(weights).exists():
+            # A bundled variant by name (``voca-crchisto``) where no such file is here.
+            weights = bundled_weights(os.fspath(weights)) or weights
         method = method_from_weights(weights, name, allow_pickle=allow_pickle, **params)
         return method, Path(weights)
     name = name or DEFAULT_METHOD
