@@ -47,7 +47,9 @@ def wsidet(
 
 def assert_one_error_line(code: int, err: str, *fragments: str, status: int = 1) -> str:
     assert code == status, err
-    lines = err.strip().splitlines()
+    # The synthetic slides' discs are larger than H&E nuclei: the good slides among the bad
+    # ones may be warned about their pixel size (wsidet.scale_check), on lines of their own.
+    lines = [x for x in err.strip().splitlines() if not x.startswith("wsidet: warning: ")]
     assert len(lines) == 1, err
     assert "Traceback" not in err
     assert "error: " in lines[0], err
@@ -177,7 +179,7 @@ def test_a_folder_with_a_loop_and_a_fifo_still_runs_its_slides(slides, tmp_path,
     args = ["--out", str(tmp_path / "o"), "--method", "log", "--cluster", "none", "-q"]
     code, out, err = run_cli(["run", str(folder), *args], capsys)
     assert code == 1 and "s2: 20 nuclei" in out
-    lines = err.strip().splitlines()
+    lines = [x for x in err.strip().splitlines() if not x.startswith("wsidet: warning: ")]
     assert len(lines) == 2 and "Traceback" not in err
     assert any("symlink loop" in line for line in lines)
     assert any("FIFO" in line for line in lines)

@@ -9,15 +9,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from wsidet.colour import HED_FROM_RGB
 from wsidet.filters import convolve_same, kernel_spectrum, padded_shape
-
-#: Ruifrok & Johnston (2001) stain optical densities, rows H, E, DAB (as in scikit-image).
-RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
-HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
 
 
 class Haematoxylin(nn.Module):
