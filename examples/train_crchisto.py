@@ -36,7 +36,8 @@ def main() -> int:
     args = parser.parse_args()
     out = args.out or Path("runs") / f"{args.method}-fold1"
     data = ["--images", str(args.data / "images"), "--points", str(args.data / "detection"),
-            "--split", str(args.data / "splits.csv"), "--one-based", "--image-mpp", "0.5"]  # fmt: skip
+            "--split", str(args.data / "splits.csv"), "--one-based",
+            "--image-mpp", "0.5"]  # fmt: skip
     device = ["--device", args.device] if args.device else []
     code = wsidet(
         ["train", "--method", args.method, *data, "--fold", "1", "--out", str(out),
