@@ -54,11 +54,12 @@ def annotated(images: list[str], points: list[str], mpp: float, one_based: bool)
     from wsidet.nucleus_scale import blob_sigmas
     from wsidet.train.sources import read_points
 
-    per_image = [
-        np.median(blob_sigmas(_rgb(i), read_points(p, one_based=one_based)))
-        for i, p in zip(images, points, strict=True)
-    ]
-    return float(np.nanmedian(per_image)) * mpp
+    per_image = []
+    for image, pts in zip(images, points, strict=True):
+        sigmas = blob_sigmas(_rgb(image), read_points(pts, one_based=one_based))
+        if len(sigmas):  # a tile whose few nuclei all sit outside the σ range has none
+            per_image.append(np.median(sigmas))
+    return float(np.median(per_image)) * mpp
 
 
 def resampled_slide(source: Path, factor: float, out: Path) -> tuple[Path, float]:
