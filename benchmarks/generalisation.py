@@ -27,7 +27,9 @@ Every test is run without and with stain normalisation (``--stain-normalise``) a
 evaluated so far, each row with its minutes, hardware, date and command.
 
     python benchmarks/generalisation.py --out bench-out/generalisation --run generalist \
-        --minutes 40 [--device cuda]
+        --minutes 35
+    python benchmarks/generalisation.py --out bench-out/generalisation --device cuda \
+        --batch-size 64 --samples 16384 --minutes 6 --run generalist   # one GPU, <= 8 min
     python benchmarks/generalisation.py --out bench-out/generalisation --report
 """
 
@@ -121,7 +123,7 @@ def train_one(name: str, exp: Experiment, args: argparse.Namespace, sets: dict[s
     config = TrainConfig(
         epochs=args.epochs,
         samples_per_epoch=args.samples,
-        batch_size=8,
+        batch_size=args.batch_size,
         patch=128,
         lr=args.lr if init is None else args.lr / 3,
         patience=args.patience,
@@ -218,6 +220,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--samples", type=int, default=2048, help="patches per epoch")
     parser.add_argument("--patience", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=8, help="32-64 on a GPU")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
