@@ -4,9 +4,10 @@ Three annotated H&E sources (``../shared/data``), each resampled to the method's
 
 * ``crchisto``: 100 colorectal images, 20×, stated 0.5 µm/px (UHCW);
 * ``monuseg``: the 13 MoNuSeg training images with nucleus centroids, 7 organs, 40×, 0.252;
-* ``consep``: CoNSeP tiles (colorectal, UHCW), 40×; 0.25 µm/px as measured with
-  ``benchmarks/nucleus_scale.py`` (the annotated nuclei's LoG scale against CRCHisto's), train
-  folder for training, test folder for testing.
+* ``consep``: CoNSeP tiles (colorectal, UHCW), 40×, taken as 0.25 µm/px (twice CRCHisto's
+  resolution, as its 40× to CRCHisto's 20×; nucleus size alone cannot tell 0.25 from 0.30, see
+  ``benchmarks/RESULTS.md``); train folder for training (tiles of one original image held out
+  together), test folder for testing.
 
 Experiments (each trains with the generalist recipe: VOCA, :meth:`Augment.domain_shift`,
 datasets drawn with equal shares, 15 % of every training dataset held out for early stopping
@@ -71,7 +72,11 @@ def datasets(data: Path) -> dict[str, Any]:
             "monuseg", data / "monuseg/images", data / "monuseg/points", mpp=0.252
         ),
         "consep": AnnotatedSet(
-            "consep", data / "consep/images/train", data / "consep/points/train", mpp=0.25
+            "consep",
+            data / "consep/images/train",
+            data / "consep/points/train",
+            mpp=0.25,
+            group="^train_[0-9]+",  # 16 overlapping tiles per original image: held out together
         ),
         "consep-test": AnnotatedSet(
             "consep-test", data / "consep/images/test", data / "consep/points/test", mpp=0.25

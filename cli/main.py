@@ -336,7 +336,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     info["tissue_fraction"] = round(slide.tissue_mask().fraction, 4)
     estimate = estimate_slide_mpp(slide)
     info["mpp_estimate"] = round(estimate.mpp, 4) if estimate.mpp == estimate.mpp else None
-    info["mpp_estimate_spread"] = round(estimate.spread, 2) if estimate.windows else None
+    known = estimate.mpp == estimate.mpp  # not nan
+    info["mpp_estimate_spread"] = round(estimate.spread, 2) if known else None
     warning = mpp_disagreement(slide.mpp, estimate, "the") if slide.mpp else None
     if args.json:
         print(json.dumps(info, indent=2))

@@ -86,9 +86,9 @@ def add_parsers(sub: Any) -> None:
     )
     train.add_argument(
         "--radius",
-        type=bounded(float, 0.05, 500.0),
-        default=3.0,
-        help="validation matching radius in µm (default 3: 6 px at 0.5 µm/px)",
+        type=radius_arg,
+        default=(3.0, "um"),
+        help="validation matching radius in µm, e.g. 3 or 3um (default 3: 6 px at 0.5 µm/px)",
     )
     train.add_argument(
         "--select-on",
@@ -220,9 +220,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         method = get_method(args.method, **parse_params(args.param))
     weights: Any = None
+    radius, unit = args.radius
+    if unit != "um":
+        raise ValueError("train --radius is in µm (images of several pixel sizes may train)")
     if args.sources:
-        if args.images or args.points or args.split:
-            raise ValueError("give --sources or --images/--points, not both")
+        given = [
+            flag
+            for flag, value in (
+                ("--images", args.images), ("--points", args.points), ("--split", args.split),
+                ("--fold", args.fold), ("--image-mpp", args.image_mpp),
+                ("--one-based", args.one_based),
+            )
+            if value
+        ]  # fmt: skip
+        if given:
+            raise ValueError(
+                f"give --sources or {', '.join(given)}, not both (the sources file says "
+                "each dataset's folders, pixel size, fold and coordinates)"
+            )
         from wsidet.train.collection import load_sets, read_sets
 
         data = load_sets(
@@ -256,7 +271,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         augment=augment,
-        radius=args.radius / method.mpp,
+        radius=radius / method.mpp,
         max_minutes=args.minutes,
         select_on=args.select_on,
         precision=args.precision,

@@ -160,6 +160,54 @@ def test_default_run_at_a_wrong_mpp_warns(
     err = capsys.readouterr().err
     assert "wsidet: warning: CMU-1-Small-Region: the given (--mpp) pixel size 0.25" in err
     assert err.count("pixel size 0.25") == 1  # said once, not also by the library
+    # The warning travels with the outputs and the manifest.
+    import json
+
+    import pandas as pd
+
+    from wsidet.io import read_detections
+
+    meta = read_detections(tmp_path / "CMU-1-Small-Region.parquet").attrs["wsidet"]
+    assert any("pixel size 0.25" in w for w in meta["warnings"])
+    assert meta["slide"]["mpp_estimate"] == pytest.approx(0.5, rel=0.25)
+    row = pd.read_parquet(tmp_path / "manifest.parquet").iloc[0]
+    assert any("pixel size 0.25" in w for w in json.loads(row["warnings"]))
+
+
+def test_no_tissue_no_estimate(blank_slide: Path, tmp_path: Path) -> None:
+    from tests.synthetic import GLASS
+    from wsidet.pyramid import write_pyramid
+
+    slide = open_slide(blank_slide)
+    estimate = estimate_slide_mpp(slide)
+    assert math.isnan(estimate.mpp) and estimate.windows == 0
+    for asked in (None, "auto"):  # the file's value stands, unjudged
+        kept, _, notes = resolve_mpp(slide, asked)
+        assert kept.mpp == slide.mpp and kept.mpp_source == "file" and notes == ()
+    glass = np.clip(GLASS + np.random.default_rng(1).normal(0, 2, (400, 500, 3)), 0, 255)
+    write_pyramid(tmp_path / "bare.tif", glass.astype(np.uint8), mpp=None, downsamples=(1,))
+    bare = open_slide(tmp_path / "bare.tif")
+    with pytest.raises(MppUnknownError, match="no nucleus-like structure"):
+        resolve_mpp(bare, "auto")
+    with pytest.raises(MppUnknownError, match="no estimate could be made"):
+        resolve_mpp(bare, None)
+
+
+def test_glass_and_noise_windows_have_no_scale() -> None:
+    rng = np.random.default_rng(0)
+    glass = np.clip(245 + rng.normal(0, 2, (256, 256, 3)), 0, 255).astype(np.uint8)
+    assert math.isnan(characteristic_sigma(scale_energy(glass)))
+
+
+def test_auto_is_recorded_with_its_estimator() -> None:
+    from wsidet.methods import get_method
+    from wsidet.nucleus_scale import NUCLEUS_SIGMA_UM
+    from wsidet.resume import run_signature
+
+    method = get_method("log")
+    auto = run_signature("f", method, None, mpp="auto", tissue=True)["mpp"]
+    assert auto.startswith("auto") and str(NUCLEUS_SIGMA_UM) in auto
+    assert run_signature("f", method, None, mpp=0.5, tissue=True)["mpp"] == 0.5
 
 
 def test_info_prints_the_estimate(sample_halved: Path, capsys: pytest.CaptureFixture[str]) -> None:

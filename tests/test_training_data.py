@@ -209,10 +209,13 @@ def test_scale_jittered_patches_keep_points_on_their_nuclei(seed: int, index: in
     method = get_method("voca", width=4)
     augment = Augment(hed=0, intensity=0, scale=0.25)
     ds = PointDataset([source], method, patch=64, samples=64, augment=augment, seed=seed)
+    # The draws __getitem__ makes for this item: the source, the cut, the dihedral transform.
     patch_rng = np.random.default_rng([seed, 0, index])
-    patch_rng.choice(1)  # the source draw __getitem__ makes first
+    patch_rng.choice(1, p=ds._weights)
     image, points = ds._cut(source, patch_rng)
     image, points = dihedral(image, points, int(patch_rng.integers(8)))
+    item = ds[index][0].permute(1, 2, 0).numpy() * 255.0
+    np.testing.assert_allclose(item, image, atol=1e-3)  # the very patch training sees
     inside = ((points >= 2) & (points <= 61)).all(axis=1)
     density = haematoxylin_density(image)
     threshold = density.max() / 2
@@ -256,4 +259,53 @@ def test_train_command_takes_a_sources_file(
     assert record["train"]["augment"]["jpeg"] == Augment.domain_shift().jpeg
     assert record["validation"]["radius"] == pytest.approx(6.0)  # 3 µm at 0.5 µm/px
     assert main([*args, "--images", str(tmp_path)]) == 1
-    assert "not both" in capsys.readouterr().err
+    assert "give --sources or --images, not both" in capsys.readouterr().err
+    assert main([*args, "--image-mpp", "0.5"]) == 1
+    assert "--image-mpp, not both" in capsys.readouterr().err
+    assert main([*args, "--radius", "6px"]) == 1
+    assert "train --radius is in µm" in capsys.readouterr().err
+
+
+def test_a_slide_states_its_own_pixel_size(tmp_path: Path) -> None:
+    """The file's pixel size is used; a different one given is refused; a missing one is taken."""
+    from tests.conftest import make_blob_slide
+    from wsidet.train.dataset import load_source
+    from wsidet.train.sources import Annotated
+
+    method = get_method("voca", width=4)
+    stated = make_blob_slide(
+        tmp_path / "a.tif", shape=(300, 300), mpp=0.25, physical_mpp=0.25, seed=0, n=6
+    )
+    bare = make_blob_slide(
+        tmp_path / "b.tif", shape=(300, 300), mpp=None, physical_mpp=0.25, seed=0, n=6
+    )
+    for truth in (stated, bare):
+        rows = "".join(f"{x - 0.5},{y - 0.5}\n" for x, y in truth.points_xy)
+        truth.path.with_suffix(".csv").write_text("x,y\n" + rows)
+    item = Annotated("a", stated.path, stated.path.with_suffix(".csv"))
+    assert load_source(item, method).shape == (150, 150)
+    assert load_source(item, method, image_mpp=0.26).shape == (150, 150)  # within 5%
+    with pytest.raises(AnnotationError, match=r"states 0\.25 µm/px but 0\.5 was given"):
+        load_source(item, method, image_mpp=0.5)
+    item = Annotated("b", bare.path, bare.path.with_suffix(".csv"))
+    with pytest.raises(AnnotationError, match="states no pixel size"):
+        load_source(item, method)
+    assert load_source(item, method, image_mpp=0.25).shape == (150, 150)
+
+
+def test_hold_out_keeps_the_tiles_of_one_image_together() -> None:
+    from wsidet.train.sources import Annotated
+
+    pairs = [
+        Annotated(f"train_{i}_{t:03d}", Path(f"{i}_{t}.jpg"), Path(f"{i}_{t}.csv"))
+        for i in range(10)
+        for t in range(4)
+    ]
+    for seed in range(5):
+        train, val = hold_out(pairs, 0.2, seed=seed, group="^train_[0-9]+")
+        originals = {p.key.rsplit("_", 1)[0] for p in val}
+        assert len(val) == 8 and len(originals) == 2
+        assert not originals & {p.key.rsplit("_", 1)[0] for p in train}
+        assert len(train) + len(val) == len(pairs)
+    with pytest.raises(AnnotationError, match="2 annotated images"):
+        hold_out(pairs[:4], 0.2, seed=0, group="^train_[0-9]+")  # one original only

@@ -13,7 +13,7 @@ per pixel instead (the σ of each dark pixel's largest response) was tried and i
 chromatin texture and clusters of nuclei pull single pixels to either end of the range.
 
 Pure functions on arrays: a slide's windows are chosen by the caller
-(:meth:`wsidet.slide.Slide.estimate_mpp`).
+(:func:`wsidet.scale_check.estimate_slide_mpp`).
 """
 
 from __future__ import annotations
@@ -37,6 +37,11 @@ SIGMAS_PX = tuple(2.0 ** (k / 4) for k in range(0, 17))
 #: Mirrored border added before the Fourier transform (pixels).
 FFT_PAD = 32
 
+#: Least peak energy (haematoxylin OD², mean over the window) of a window with nuclei: the
+#: weakest of the CRCHisto, MoNuSeg and CMU-1 windows measured peaks at 1.5e-3, glass at 2e-5
+#: and smoothed grey noise at 1.2e-4. Windows below say nothing about scale.
+MIN_ENERGY = 3e-4
+
 
 @dataclass(frozen=True)
 class ScaleEstimate:
@@ -45,7 +50,7 @@ class ScaleEstimate:
     Attributes
     ----------
     mpp : float
-        Estimated µm per pixel of the image measured (nan when no blob was found).
+        Estimated µm per pixel of the image measured (nan when too few windows show nuclei).
     sigma_px : float
         Characteristic σ in pixels of all windows pooled.
     windows : int
@@ -190,17 +195,27 @@ def scale_energy(
 def characteristic_sigma(
     energy: npt.NDArray[np.float64], sigmas: tuple[float, ...] = SIGMAS_PX
 ) -> float:
-    """The σ (pixels) where an energy profile peaks (nan at either end of the range)."""
-    profile = np.asarray(energy, np.float32).reshape(-1, 1)
-    return float(peak_sigmas(profile, sigmas)[0])
+    """The σ (pixels) where an energy profile peaks.
+
+    nan at either end of the range, and where the peak is below :data:`MIN_ENERGY` (no
+    nuclei: glass, blur, noise).
+    """
+    profile = np.asarray(energy, np.float64)
+    if not profile.size or profile.max() < MIN_ENERGY:
+        return math.nan
+    return float(peak_sigmas(profile.astype(np.float32).reshape(-1, 1), sigmas)[0])
 
 
 def estimate_from_energies(
-    energies: list[npt.NDArray[np.float64]], sigmas: tuple[float, ...] = SIGMAS_PX
+    energies: list[npt.NDArray[np.float64]],
+    sigmas: tuple[float, ...] = SIGMAS_PX,
+    *,
+    min_windows: int = 1,
 ) -> ScaleEstimate:
     """A :class:`ScaleEstimate` from the energy profiles of one or more windows.
 
-    Windows whose energy peaks at either end of the σ range are left out.
+    Windows without nuclei or peaking at either end of the σ range are left out; with fewer
+    than ``min_windows`` left, there is no estimate (``mpp`` nan).
     """
     if not energies:
         return ScaleEstimate(math.nan, math.nan, 0, math.nan)
@@ -208,8 +223,8 @@ def estimate_from_energies(
     # large-scale pattern has many times the energy of the others and would decide alone.
     each = [characteristic_sigma(e, sigmas) for e in energies]
     finite = [v for v in each if math.isfinite(v)]
-    if not finite:
-        return ScaleEstimate(math.nan, math.nan, len(energies), math.nan)
+    if len(finite) < max(1, min_windows):
+        return ScaleEstimate(math.nan, math.nan, len(finite), math.nan)
     sigma = float(np.median(finite))
     return ScaleEstimate(NUCLEUS_SIGMA_UM / sigma, sigma, len(finite), max(finite) / min(finite))
 
@@ -220,6 +235,7 @@ def estimate_mpp(rgb: npt.NDArray[np.uint8]) -> ScaleEstimate:
     Parameters
     ----------
     rgb : ndarray, shape (h, w, 3), uint8
-        At least 128 pixels a side; nuclei should fill a good part of it.
+        At least 32 pixels a side (128 or more to be useful); nuclei should fill a good part
+        of it.
     """
     return estimate_from_energies([scale_energy(rgb)])

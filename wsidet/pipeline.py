@@ -456,7 +456,7 @@ def plan_slide(
         tuple(blocks),
         tissue,
         normaliser,
-        None if estimate is None else estimate.mpp,
+        estimate.mpp if estimate is not None and estimate.mpp == estimate.mpp else None,
         notes,
     )
 
@@ -515,7 +515,7 @@ def detect_slide(
         Estimate the pixel size from the slide's nuclei (a few windows read, about a second)
         and warn (:class:`~wsidet.errors.MppWarning`, and ``attrs["wsidet"]["warnings"]``)
         when the one used is more than 1.5× off; the density of the detections on tissue is
-        checked either way.
+        checked either way (with ``tissue``).
     progress : callable, optional
         ``progress(done, total)`` over detection blocks.
     scheduler : optional

@@ -66,7 +66,14 @@ def run_signature(
     ``stain`` is False, True (normalised to the weights' own reference, which their hash
     identifies) or the reference statistics given. ``precision`` is the one asked for
     (``auto`` means fp16 on CUDA and fp32 or bf16 on a CPU, see :mod:`wsidet.precision`).
+    ``mpp="auto"`` is recorded with what decides the estimate (its calibration and windows),
+    so outputs made by another estimator are not reused.
     """
+    if mpp == "auto":
+        from wsidet.nucleus_scale import NUCLEUS_SIGMA_UM
+        from wsidet.scale_check import MIN_WINDOWS, WINDOW, WINDOWS
+
+        mpp = f"auto (σ {NUCLEUS_SIGMA_UM} µm, {MIN_WINDOWS}/{WINDOWS} windows of {WINDOW})"
     return {
         "slide": fingerprint,
         "method": method.name,

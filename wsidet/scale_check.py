@@ -17,9 +17,10 @@ import numpy.typing as npt
 from wsidet.nucleus_scale import ScaleEstimate, estimate_from_energies, scale_energy
 from wsidet.slide import Slide
 
-#: Windows read (level 0, pixels a side) and how many.
+#: Windows read (level 0, pixels a side), how many, and how many must show nuclei.
 WINDOW = 512
 WINDOWS = 6
+MIN_WINDOWS = 3
 
 #: Beyond this factor between a pixel size and the estimate, a run warns.
 DISAGREEMENT = 1.5
@@ -35,12 +36,13 @@ DENSITY_PER_MM2 = (100.0, 60_000.0)
 
 
 def _window_origins(slide: Slide, count: int, size: int, seed: int) -> list[tuple[int, int]]:
-    """Level-0 origins of ``count`` windows centred on tissue (random, reproducible)."""
+    """Level-0 origins of ``count`` windows centred on tissue (random, reproducible).
+
+    None when the slide has no tissue.
+    """
     mask = slide.tissue_mask()
     h, w = slide.shape
     ys, xs = np.nonzero(mask.mask)
-    if not len(ys):  # no tissue found: the centre of the slide
-        return [(max(0, (h - size) // 2), max(0, (w - size) // 2))]
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(ys), size=min(count, len(ys)), replace=False)
     dy, dx = mask.downsample
@@ -70,14 +72,15 @@ def estimate_slide_mpp(
     Returns
     -------
     ScaleEstimate
-        ``mpp`` is nan when no nucleus-like blob was found (an empty or non-H&E slide).
+        ``mpp`` is nan when fewer than :data:`MIN_WINDOWS` windows show nuclei (a slide
+        without tissue, or not H&E).
     """
     energies: list[npt.NDArray[np.float64]] = []
     for y0, x0 in _window_origins(slide, windows, size, seed):
         rgb = slide.read_region(y0, x0, size, size)
         if min(rgb.shape[:2]) >= 32:
             energies.append(scale_energy(rgb))
-    return estimate_from_energies(energies)
+    return estimate_from_energies(energies, min_windows=min(MIN_WINDOWS, windows))
 
 
 def mpp_disagreement(mpp: float, estimate: ScaleEstimate, what: str) -> str | None:
@@ -154,10 +157,10 @@ def resolve_mpp(
         No pixel size and none asked (the message names the estimate), or ``"auto"`` and
         the slide's nuclei give none.
     """
-    from wsidet.errors import MppUnknownError
+    from wsidet.errors import MppUnknownError, ParameterError
 
     if isinstance(mpp, str) and mpp != AUTO:
-        raise ValueError(f"mpp must be a number or {AUTO!r}, got {mpp!r}")
+        raise ParameterError(f"mpp must be a number or {AUTO!r}, got {mpp!r}")
     if slide.mpp is not None and not check and mpp != AUTO:
         return slide, None, ()
     estimate = estimate_slide_mpp(slide)

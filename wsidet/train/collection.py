@@ -11,6 +11,8 @@ A *sources file* (TOML) lists them; paths are relative to the file::
     share = 1.0          # relative probability of drawing a patch from this dataset
     split = "crchisto/splits.csv"   # optional: use one fold of a split file
     fold = "1"
+    group = "^train_[0-9]+"         # optional: images whose keys share this match are
+                                    # held out together (tiles of one original image)
 
 Each dataset's images are resampled to the method's pixel size (:func:`load_sources`), a
 fraction of each is held out for validation (so the pooled validation set has every dataset
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,7 +50,7 @@ class AnnotatedSet:
     images, points : pathlib.Path
         Folders (see :func:`wsidet.train.sources.find_pairs`).
     mpp : float
-        µm per pixel of the images (slides may state their own; this is then a fallback).
+        µm per pixel of the images (slides that state their own must agree with it).
     share : float
         Relative probability of drawing a training patch from this dataset.
     one_based : bool
@@ -55,6 +58,9 @@ class AnnotatedSet:
     fold : str, optional
         With ``split``: use only this fold.
     fold_column : str, optional
+    group : str, optional
+        Regular expression: images whose keys have the same match are tiles of one original
+        and are held out for validation together (else each image is its own group).
     """
 
     name: str
@@ -66,9 +72,15 @@ class AnnotatedSet:
     split: Path | None = None
     fold: str | None = None
     fold_column: str | None = None
+    group: str | None = None
 
     def __post_init__(self) -> None:
         MPP.check(f"mpp of dataset {self.name!r}", self.mpp)
+        if self.group is not None:
+            try:
+                re.compile(self.group)
+            except re.error as exc:
+                raise ValueError(f"dataset {self.name!r}: group is not a pattern: {exc}") from exc
         if not (self.share > 0 and math.isfinite(self.share)):
             raise ValueError(f"share of dataset {self.name!r} must be > 0, got {self.share}")
         if (self.split is None) != (self.fold is None):
@@ -100,10 +112,14 @@ class AnnotatedSet:
             "one_based": self.one_based,
             "split": None if self.split is None else str(self.split),
             "fold": self.fold,
+            "group": self.group,
         }
 
 
-_KEYS = {"name", "images", "points", "mpp", "share", "one_based", "split", "fold", "fold_column"}
+_KEYS = {
+    "name", "images", "points", "mpp", "share", "one_based", "split", "fold", "fold_column",
+    "group",
+}  # fmt: skip
 
 
 def read_sets(path: str | Path) -> tuple[AnnotatedSet, ...]:
@@ -144,6 +160,7 @@ def read_sets(path: str | Path) -> tuple[AnnotatedSet, ...]:
                     split=base / entry["split"] if "split" in entry else None,
                     fold=str(entry["fold"]) if "fold" in entry else None,
                     fold_column=entry.get("fold_column"),
+                    group=entry.get("group"),
                 )
             )
         except (TypeError, ValueError) as exc:
@@ -155,23 +172,37 @@ def read_sets(path: str | Path) -> tuple[AnnotatedSet, ...]:
 
 
 def hold_out(
-    pairs: Sequence[Annotated], fraction: float, seed: int
+    pairs: Sequence[Annotated], fraction: float, seed: int, *, group: str | None = None
 ) -> tuple[list[Annotated], list[Annotated]]:
-    """Split pairs into (train, validation): ``fraction`` of them at random, at least one each.
+    """Split pairs into (train, validation): about ``fraction`` of them, at random.
+
+    With ``group`` (a regular expression), images whose keys have the same match go to the
+    same side: whole groups are held out until ``fraction`` of the images is reached.
 
     Raises
     ------
     AnnotationError
-        Fewer than two pairs.
+        Fewer than two pairs, or fewer than two groups.
     """
-    if len(pairs) < 2:
+    groups: dict[str, list[Annotated]] = {}
+    for pair in pairs:
+        match = re.match(group, pair.key) if group else None
+        groups.setdefault(match.group(0) if match else pair.key, []).append(pair)
+    if len(groups) < 2:
         raise AnnotationError(
-            f"need at least 2 annotated images (one to validate), got {len(pairs)}"
+            f"need at least 2 annotated images (one to validate), got {len(groups)}"
+            + (f" groups of {group!r}" if group else "")
         )
-    shuffled = list(pairs)
-    random.Random(seed).shuffle(shuffled)
-    n_val = min(len(pairs) - 1, max(1, round(fraction * len(pairs))))
-    return shuffled[n_val:], shuffled[:n_val]
+    names = sorted(groups)
+    random.Random(seed).shuffle(names)
+    wanted = max(1, round(fraction * len(pairs)))
+    val: list[Annotated] = []
+    for name in names[:-1]:  # at least one group trains
+        if len(val) >= wanted:
+            break
+        val += groups[name]
+    held = {id(p) for p in val}
+    return [p for n in names for p in groups[n] if id(p) not in held], val
 
 
 @dataclass(frozen=True)
@@ -199,7 +230,7 @@ def load_sets(
     """Load every dataset at the method's pixel size and hold out ``val_fraction`` of each."""
     groups, validation, record = [], [], []
     for s in sets:
-        train_pairs, val_pairs = hold_out(s.pairs(), val_fraction, seed)
+        train_pairs, val_pairs = hold_out(s.pairs(), val_fraction, seed, group=s.group)
         groups.append(s.load(method, train_pairs))
         validation += s.load(method, val_pairs)
         record.append({**s.record(), "validation_keys": [p.key for p in val_pairs]})

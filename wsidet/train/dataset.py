@@ -176,7 +176,8 @@ def load_sources(
 
     TIFF-based files (SVS, TIFF, OME-TIFF) are read lazily through
     :class:`~wsidet.slide.Slide` at the method's scale, exactly as inference reads them; their
-    pixel size is ``image_mpp`` when given, else the file's. PNG/JPEG images are loaded into
+    pixel size is the file's (``image_mpp``, when given, must agree with it within 5 %), else
+    ``image_mpp``. PNG/JPEG images are loaded into
     memory and resampled from ``image_mpp`` to the method's pixel size as slide chunks are.
     A pixel size is never assumed: an image whose size is not known is refused.
 
@@ -196,10 +197,17 @@ def load_sources(
     points, regions = notes.points_yx, notes.regions
     whole: Source
     if item.image.suffix.lower() in SLIDE_SUFFIXES:
-        slide = open_slide(item.image, mpp=image_mpp)
+        slide = open_slide(item.image)
         if slide.mpp is None:
+            if image_mpp is None:
+                raise AnnotationError(
+                    f"{item.image.name} states no pixel size: give it (image_mpp, --image-mpp)"
+                )
+            slide = slide.with_mpp(image_mpp, "override")
+        elif image_mpp is not None and abs(slide.mpp / image_mpp - 1) > 0.05:
             raise AnnotationError(
-                f"{item.image.name} states no pixel size: give it (image_mpp, --image-mpp)"
+                f"{item.image.name} states {slide.mpp:.4g} µm/px but {image_mpp:g} was given "
+                "for the images (--image-mpp, a dataset's mpp): which is it?"
             )
         scale = slide.scale_for_mpp(method.mpp)
         whole = SlideSource(item.key, slide, scale, level0_to_working(points, scale))
