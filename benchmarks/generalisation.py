@@ -107,7 +107,14 @@ def hardware(device: str) -> str:
 
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(0)
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads (CPU)"
+    model = platform.processor() or platform.machine()
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        model = next(x.split(":", 1)[1].strip() for x in info.splitlines() if "model name" in x)
+        model += " (AVX-512)" if "avx512f" in info else " (AVX2)" if "avx2" in info else ""
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {torch.get_num_threads()} threads (CPU)"
 
 
 def train_one(name: str, exp: Experiment, args: argparse.Namespace, sets: dict[str, Any]) -> Path:
@@ -212,7 +219,39 @@ def report(args: argparse.Namespace) -> None:
         "results": rows,
     }
     RESULTS.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {RESULTS} ({len(rows)} experiments)")
+    table = markdown_table(rows)
+    RESULTS.with_suffix(".md").write_text(table)
+    print(table)
+    print(f"wrote {RESULTS} and {RESULTS.with_suffix('.md')} ({len(rows)} experiments)")
+
+
+def markdown_table(rows: dict[str, Any]) -> str:
+    """The README's table: one line per experiment and test set, without and with stain
+    normalisation, P / R / F1 at 3 µm, training minutes and hardware."""
+    lines = [
+        "| experiment | trained on | tested on | P / R / F1 | with --stain-normalise | training |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in rows.items():
+        exp = EXPERIMENTS[name]
+        results = row["results"]
+        for test in exp.test:
+            plain, stain = results.get(test), results.get(f"{test} +stain")
+            if plain is None:
+                continue
+
+            def prf(r: dict[str, float] | None) -> str:
+                if r is None:
+                    return "—"
+                return f"{r['precision']:.3f} / {r['recall']:.3f} / **{r['f1']:.3f}**"
+
+            trained = ", ".join(exp.train) or "CRCHisto only (shipped before)"
+            minutes = row.get("training_minutes") or 0.0
+            budget = f"{minutes:.0f} min, {row['hardware']}" if exp.train else "—"
+            lines.append(
+                f"| {name} | {trained} | {test} | {prf(plain)} | {prf(stain)} | {budget} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
