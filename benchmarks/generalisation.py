@@ -23,9 +23,12 @@ and the decoding threshold; tested once with the threshold chosen there, never o
   (the "before").
 
 Every test is run without and with stain normalisation (``--stain-normalise``) and scored at
-3 µm (6 px at 0.5 µm/px). A run whose weights exist is not retrained; training resumes from its
-``state.pt``. ``--report`` writes ``benchmarks/results/generalisation.json`` from what has been
-evaluated so far, each row with its minutes, hardware, date and command.
+3 µm (6 px at 0.5 µm/px). Experiments named ``NAME-sn`` train the same on stain-normalised
+colours (each image mapped to the training data's reference from its own statistics, as
+inference does; ``TrainConfig.stain_normalise``). A run whose weights exist is not
+retrained; training resumes from its ``state.pt``. ``--report`` writes
+``benchmarks/results/generalisation.json`` (and the README's table, ``generalisation.md``) from
+what has been evaluated so far, each row with its minutes, hardware, date and command.
 
     python benchmarks/generalisation.py --out bench-out/generalisation --run generalist \
         --minutes 35
@@ -89,6 +92,7 @@ class Experiment:
     train: tuple[str, ...]
     test: tuple[str, ...]
     init: str | None  # "bundled": fine-tune the shipped CRCHisto weights (only if no test leak)
+    normalise: bool = False  # train on stain-normalised colours (the weights then ask for it)
 
 
 EXPERIMENTS = {
@@ -100,6 +104,14 @@ EXPERIMENTS = {
     "cv-fold2": Experiment(("crchisto-fold1", "monuseg", "consep"), ("crchisto-fold2",), None),
     "generalist": Experiment(("crchisto", "monuseg", "consep"), ("consep-test",), "bundled"),
 }
+# The same, trained on stain-normalised colours ("-sn"): tested as they are and normalised.
+EXPERIMENTS.update(
+    {
+        f"{name}-sn": Experiment(e.train, e.test, e.init, normalise=True)
+        for name, e in list(EXPERIMENTS.items())
+        if e.train
+    }
+)
 
 
 def hardware(device: str) -> str:
@@ -145,6 +157,7 @@ def train_one(name: str, exp: Experiment, args: argparse.Namespace, sets: dict[s
         radius=RADIUS_UM / method.mpp,
         max_minutes=args.minutes,
         precision=args.precision,
+        stain_normalise=exp.normalise,
     )
     print(f"[{name}] training on {', '.join(exp.train)} -> {out}", flush=True)
 

@@ -111,8 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--stain-normalise",
-        action="store_true",
-        help="map each slide's colours to those the weights were trained on (Reinhard)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="map each slide's colours to those the weights were trained on (Reinhard); "
+        "default: as the weights ask (weights trained on normalised colours normalise)",
     )
     run.add_argument(
         "--cluster",

@@ -119,6 +119,12 @@ def add_parsers(sub: Any) -> None:
         help="patches resized by U(1 ± this)",
     )
     train.add_argument(
+        "--stain-normalise",
+        action="store_true",
+        help="train on colours normalised to the training data's (each image from its own "
+        "statistics); the weights then normalise at inference by default",
+    )
+    train.add_argument(
         "--domain-shift",
         action="store_true",
         help="the generalist's augmentation: stain ±10%%, intensity, gamma, blur, JPEG, "
@@ -161,8 +167,10 @@ def add_parsers(sub: Any) -> None:
     )
     evaluate.add_argument(
         "--stain-normalise",
-        action="store_true",
-        help="normalise each image's colours to those the weights were trained on",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="normalise each image's colours to those the weights were trained on "
+        "(default: as the weights ask)",
     )
     evaluate.add_argument("--out", metavar="DIR", help="write evaluation.json and pr.png here")
 
@@ -275,6 +283,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         max_minutes=args.minutes,
         select_on=args.select_on,
         precision=args.precision,
+        stain_normalise=args.stain_normalise,
     )
     print(f"training {method.name} on {what} -> {args.out}")
 
@@ -346,7 +355,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from wsidet.evaluate import evaluate_predictions, predict, sweep, write_pr_curve
     from wsidet.io import atomic_path
     from wsidet.train.dataset import load_sources
-    from wsidet.weights import resolve_method, stain_reference
+    from wsidet.weights import resolve_method, resolve_stain
 
     # Weights fix the method; a trainable method alone (or nothing named: wsidet's default)
     # gets its bundled weights; a method with nothing to train runs as its parameters say.
@@ -364,17 +373,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for p in pairs
         for s in load_sources(p, method, one_based=args.one_based, image_mpp=image_mpp)
     ]
-    reference = None
-    if args.stain_normalise:
-        reference = (
-            stain_reference(weights, allow_pickle=args.allow_pickle)
-            if weights is not None
-            else None
-        )
-        if reference is None:
-            raise WeightsError(
-                "--stain-normalise needs weights that record the colours they were trained on"
-            )
+    reference = resolve_stain(
+        args.stain_normalise, weights, method.name, allow_pickle=args.allow_pickle
+    )
     detector = Detector(
         method,
         weights=weights,
@@ -387,7 +388,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "method": method.name,
         "params": method.params(),
         "weights": None if weights is None else str(weights),
-        "stain_normalise": bool(args.stain_normalise),
+        "stain_normalise": reference is not None,
         "threshold": {method.threshold_param: getattr(method, method.threshold_param)},
         "images": len(sources),
         "image_mpp": image_mpp,

@@ -309,3 +309,38 @@ def test_hold_out_keeps_the_tiles_of_one_image_together() -> None:
         assert len(train) + len(val) == len(pairs)
     with pytest.raises(AnnotationError, match="2 annotated images"):
         hold_out(pairs[:4], 0.2, seed=0, group="^train_[0-9]+")  # one original only
+
+
+def test_training_on_normalised_colours_asks_inference_to_normalise(tmp_path: Path) -> None:
+
+    from wsidet.stain import stain_stats
+    from wsidet.train.dataset import normalise_sources
+    from wsidet.train.loop import TrainConfig, train
+    from wsidet.weights import normalises_stain, resolve_stain
+
+    rng = np.random.default_rng(9)
+    sources = []
+    for i, tint in enumerate((0, 40, -30)):
+        pts = random_points(rng, (96, 96), 6, min_sep=20, margin=10)
+        image = blob_image((96, 96), pts, 6.0, rng=rng).astype(int)
+        image[..., 0] = np.clip(image[..., 0] + tint, 0, 255)  # a lab's tint
+        sources.append(ImageSource(str(i), image.astype(np.uint8), pts))
+    reference = stain_stats([s.read(0, 96, 0, 96) for s in sources])
+    normalised = normalise_sources(sources, reference)
+    for source in normalised:  # every image now has the reference's colour statistics
+        own = stain_stats([source.read(0, 96, 0, 96)])
+        np.testing.assert_allclose(own.mean, reference.mean, atol=1.5)
+        assert source.points_yx is not None and source.shape == (96, 96)
+    method = get_method("voca", width=4)
+    config = TrainConfig(
+        epochs=1, samples_per_epoch=4, batch_size=2, patch=64, device="cpu", stain_normalise=True
+    )
+    result = train(method, sources[:2], sources[2:], config, tmp_path / "sn")
+    assert normalises_stain(result.weights)
+    assert resolve_stain(None, result.weights, "voca") is not None
+    assert resolve_stain(False, result.weights, "voca") is None
+    plain = train(method, sources[:2], sources[2:], TrainConfig(
+        epochs=1, samples_per_epoch=4, batch_size=2, patch=64, device="cpu"
+    ), tmp_path / "plain")  # fmt: skip
+    assert not normalises_stain(plain.weights)
+    assert resolve_stain(None, plain.weights, "voca") is None

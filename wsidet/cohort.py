@@ -200,7 +200,7 @@ def run_cohort(
     batch_size: int | None = None,
     tissue: bool = True,
     mpp: float | str | None = None,
-    stain: bool | StainStats = False,
+    stain: bool | StainStats | None = None,
     allow_pickle: bool = False,
     precision: str = "auto",
     formats: Sequence[str] = ("parquet",),
@@ -262,7 +262,7 @@ def run_cohort(
     """
     from wsidet.engine import DetectorSpec
     from wsidet.engine import weights_hash as hash_weights
-    from wsidet.weights import required_stain_reference, resolve_method
+    from wsidet.weights import normalises_stain, required_stain_reference, resolve_method
 
     started = time.perf_counter()
     out_dir = Path(out)
@@ -275,6 +275,8 @@ def run_cohort(
     formats = list(dict.fromkeys(["parquet", *formats]))
     weights_path = os.fspath(weights) if weights is not None else None
     w_hash = hash_weights(weights_path) if weights_path else None
+    if stain is None:  # as the weights ask; the signature records what is done
+        stain = normalises_stain(weights_path, allow_pickle=allow_pickle)
     progress = progress or CohortProgress()
     for stale in clean_stale_temporaries(out_dir):
         logger.info("removed %s, left by an interrupted run", stale)

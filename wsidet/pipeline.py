@@ -38,7 +38,7 @@ from wsidet.precision import check_precision
 from wsidet.slide import Scale, Slide, open_slide
 from wsidet.stain import Reinhard, StainStats, slide_stain_stats
 from wsidet.tiling import DEFAULT_CHUNK, Grid
-from wsidet.weights import required_stain_reference, resolve_method
+from wsidet.weights import resolve_method, resolve_stain
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -395,7 +395,7 @@ def plan_slide(
     tile: int = DEFAULT_TILE,
     batch_size: int | None = None,
     tissue: bool = True,
-    stain: bool | StainStats = False,
+    stain: bool | StainStats | None = None,
     allow_pickle: bool = False,
     precision: str = "auto",
     check_mpp: bool = True,
@@ -441,12 +441,8 @@ def plan_slide(
     )
     blocks = tissue_blocks(slide, scale, grid) if tissue else list(grid.indices())
     normaliser = None
-    if stain is not False:
-        reference = (
-            stain
-            if isinstance(stain, StainStats)
-            else required_stain_reference(spec.weights, method.name, allow_pickle=allow_pickle)
-        )
+    reference = resolve_stain(stain, spec.weights, method.name, allow_pickle=allow_pickle)
+    if reference is not None:
         normaliser = Reinhard(slide_stain_stats(slide, scale), reference)
     return SlidePlan(
         slide,
@@ -472,7 +468,7 @@ def detect_slide(
     tile: int = DEFAULT_TILE,
     batch_size: int | None = None,
     tissue: bool = True,
-    stain: bool | StainStats = False,
+    stain: bool | StainStats | None = None,
     allow_pickle: bool = False,
     precision: str = "auto",
     check_mpp: bool = True,
@@ -504,9 +500,11 @@ def detect_slide(
         Tiles per forward pass (default 4 on CUDA, 1 on CPU).
     tissue : bool
         Skip chunks without tissue and drop points off tissue.
-    stain : bool or StainStats
+    stain : bool, StainStats or None
         Normalise the slide's colours (Reinhard, per slide) to those of the data the weights
-        were trained on (True), or to given statistics, before detection.
+        were trained on (True), or to given statistics, before detection; None (the default):
+        as the weights ask (those trained on normalised colours do,
+        :func:`wsidet.weights.normalises_stain`).
     allow_pickle : bool
         Accept weights in a torch pickle file (loading one can run code).
     precision : str

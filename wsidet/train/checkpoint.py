@@ -79,11 +79,14 @@ def save_weights(
     path: str | Path,
     *,
     stain_reference: dict[str, Any] | None = None,
+    stain_normalised: bool = False,
 ) -> Path:
     """Write a network's tensors with the method's name and parameters in the header.
 
     ``stain_reference`` (:meth:`wsidet.stain.StainStats.as_dict` of the training data) goes
-    in the header too, for stain normalisation at inference.
+    in the header too, for stain normalisation at inference; ``stain_normalised`` records
+    that the network was trained on colours normalised to it, so inference normalises by
+    default (:func:`wsidet.weights.normalises_stain`).
     """
     from safetensors.torch import save_file
 
@@ -91,6 +94,8 @@ def save_weights(
     metadata = {"wsidet.method": method.name, "wsidet.params": json.dumps(method.params())}
     if stain_reference is not None:
         metadata["wsidet.stain_reference"] = json.dumps(stain_reference)
+    if stain_normalised:
+        metadata["wsidet.stain_normalised"] = "true"
     with atomic_path(path, overwrite=True) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return Path(path)

@@ -25,6 +25,7 @@ from PIL import Image as PILImage
 from wsidet.methods.base import Method
 from wsidet.resample import resample_weights, resample_window, resampled_size
 from wsidet.slide import Scale, Slide, open_slide
+from wsidet.stain import Reinhard, StainStats, stain_stats
 from wsidet.train.augment import Augment, dihedral
 from wsidet.train.sources import SLIDE_SUFFIXES, Annotated, AnnotationError, read_annotations
 
@@ -141,6 +142,68 @@ class Window:
         """A window of the box."""
         oy, ox = self.box[:2]
         return self.source.read(y0 + oy, y1 + oy, x0 + ox, x1 + ox)
+
+
+@dataclass(frozen=True, eq=False)
+class NormalisedSource:
+    """A source read with its colours mapped to a stain reference (Reinhard, in CIELAB).
+
+    The map is the one inference applies to a whole image or slide (its own statistics to
+    the reference), fixed per source, so every patch of an image gets the same colours.
+    """
+
+    source: Source
+    normaliser: Reinhard
+
+    @property
+    def key(self) -> str:
+        """The source's key."""
+        return self.source.key
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The source's size."""
+        return self.source.shape
+
+    @property
+    def points_yx(self) -> npt.NDArray[np.float64]:
+        """The source's points."""
+        return self.source.points_yx
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> npt.NDArray[np.uint8]:
+        """A window, normalised."""
+        window = self.source.read(y0, y1, x0, x1)
+        if self.normaliser.identity:
+            return window
+        rgb = torch.from_numpy(np.ascontiguousarray(window)).permute(2, 0, 1).float() / 255.0
+        out = self.normaliser(rgb).permute(1, 2, 0).mul(255.0).round().clamp(0, 255)
+        normalised: npt.NDArray[np.uint8] = out.to(torch.uint8).numpy()
+        return normalised
+
+
+#: Edge of the central window a source's own stain statistics are measured on.
+STATS_EDGE = 1024
+
+
+def normalise_sources(sources: Sequence[Source], reference: StainStats) -> list[Source]:
+    """Each source with its colours normalised to ``reference`` from its own statistics.
+
+    Statistics come from the central :data:`STATS_EDGE`-pixel window of each source (all of
+    an image or tile of that size or less, as :func:`wsidet.evaluate.predict` measures a
+    test image); a source without stained tissue is left as it is.
+    """
+    out: list[Source] = []
+    for source in sources:
+        h, w = source.shape
+        y0, x0 = max(0, (h - STATS_EDGE) // 2), max(0, (w - STATS_EDGE) // 2)
+        crop = source.read(y0, min(h, y0 + STATS_EDGE), x0, min(w, x0 + STATS_EDGE))
+        try:
+            own = stain_stats([crop])
+        except ValueError:  # glass only
+            out.append(source)
+            continue
+        out.append(NormalisedSource(source, Reinhard(own, reference)))
+    return out
 
 
 #: Around the points of a slide without drawn regions, patches may reach this far (working px).

@@ -31,7 +31,7 @@ from wsidet.precision import autocast_dtype, check_precision, resolve_precision
 from wsidet.stain import StainStats, stain_stats
 from wsidet.train.augment import Augment
 from wsidet.train.checkpoint import git_commit, git_dirty, save_record, save_weights
-from wsidet.train.dataset import PointDataset, Source, collate, describe
+from wsidet.train.dataset import PointDataset, Source, collate, describe, normalise_sources
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,10 @@ class TrainConfig:
     select_on : str
         What "better on validation" means: ``"f1"`` (detection, the default) or ``"count"``
         (lower mean absolute count error, for counting with FCRN's density integral).
+    stain_normalise : bool
+        Train (and validate) on colours normalised to the training data's stain reference,
+        each image from its own statistics (:func:`~wsidet.train.dataset.normalise_sources`);
+        the weights then ask inference to normalise too (:func:`wsidet.weights.normalises_stain`).
     """
 
     epochs: int = 100
@@ -90,6 +94,7 @@ class TrainConfig:
     radius: float = 6.0
     max_minutes: float | None = None
     select_on: str = "f1"
+    stain_normalise: bool = False
 
     def __post_init__(self) -> None:
         if self.optimizer not in {"adamw", "sgd"}:
@@ -279,7 +284,13 @@ def train(
     # The code that trains is the code imported now, whatever the tree holds when training ends.
     provenance = {"git_commit": git_commit(), "git_dirty": git_dirty()}
     # The colours the network learns from, for stain normalisation of other slides.
-    reference = training_stain_reference(train_sources).as_dict()
+    stats = training_stain_reference(train_sources)
+    reference = stats.as_dict()
+    if config.stain_normalise:
+        if stats.pixels == 0:
+            raise ValueError("stain_normalise needs stained training images (none found)")
+        train_sources = normalise_sources(train_sources, stats)
+    val_stain = stats if config.stain_normalise else None
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     dtype = autocast_dtype(precision)
@@ -375,7 +386,7 @@ def train(
         # Validation on whole images: choose the threshold, keep the best weights.
         validation_start = time.perf_counter()
         detector = Detector(method, network=network, device=str(device), precision=precision)
-        predictions = predict(detector, val_sources)
+        predictions = predict(detector, val_sources, stain=val_stain)
         threshold, curve = choose_threshold(method, predictions, radius=config.radius)
         best_here = max(curve, key=lambda e: e.scores.f1)
         # The selection score: F1, or minus the count error (higher is better either way).
@@ -384,7 +395,13 @@ def train(
         if improved:
             best_score, best_epoch, stale = score, epoch, 0
             best_method = method.replace(**{method.threshold_param: threshold})
-            save_weights(network, best_method, weights_path, stain_reference=reference)
+            save_weights(
+                network,
+                best_method,
+                weights_path,
+                stain_reference=reference,
+                stain_normalised=config.stain_normalise,
+            )
             write_pr_curve({f"{method.name} (validation)": curve}, out / f"{method.name}-pr.png")
         else:
             stale += 1

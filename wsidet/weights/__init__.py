@@ -69,6 +69,39 @@ def stain_reference(
     return stats if stats.pixels > 0 else None
 
 
+def normalises_stain(weights: str | os.PathLike[str] | None, *, allow_pickle: bool = False) -> bool:
+    """Whether weights were trained on stain-normalised colours (and so want them at inference).
+
+    Such weights record ``wsidet.stain_normalised`` in their header; others (and no weights)
+    see colours as they are unless asked.
+    """
+    if weights is None:
+        return False
+    meta = weights_metadata(weights, allow_pickle=allow_pickle)
+    return meta.get("wsidet.stain_normalised") == "true"
+
+
+def resolve_stain(
+    stain: bool | StainStats | None,
+    weights: str | os.PathLike[str] | None,
+    method: str,
+    *,
+    allow_pickle: bool = False,
+) -> StainStats | None:
+    """The reference to normalise a slide's colours to, or None to leave them.
+
+    ``stain`` None: as the weights ask (:func:`normalises_stain`); True: to the weights'
+    reference (:func:`required_stain_reference`); False: not; statistics: to those.
+    """
+    if stain is None:
+        stain = normalises_stain(weights, allow_pickle=allow_pickle)
+    if stain is False:
+        return None
+    if stain is True:
+        return required_stain_reference(weights, method, allow_pickle=allow_pickle)
+    return stain
+
+
 def required_stain_reference(
     weights: str | os.PathLike[str] | None, method: str, *, allow_pickle: bool = False
 ) -> StainStats:
