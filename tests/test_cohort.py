@@ -344,7 +344,11 @@ def test_cli_runs_a_folder_on_a_local_cluster(cohort, reference, tmp_path, capfd
     out, err = capfd.readouterr()
     assert code == 1  # one slide failed
     assert "dask dashboard:" in out and "4 slides: 3 done (0 already), 1 failed" in out
-    assert err.count("\n") == 1 and "broken.tif" in err
+    # The synthetic discs are larger than H&E nuclei: each good slide is warned about its
+    # pixel size, once, by the CLI (not again by its worker); the failure is one line.
+    errors = [x for x in err.splitlines() if not x.startswith("wsidet: warning: ")]
+    assert len(errors) == 1 and "broken.tif" in errors[0]
+    assert err.count("wsidet: warning: ") == err.count("\n") - 1 <= 3
     assert_outputs_match(tmp_path, reference)
     manifest = pd.read_parquet(tmp_path / "manifest.parquet")
     assert sorted(manifest["slide_id"]) == ["broken", "s0", "s1", "s2"]

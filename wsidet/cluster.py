@@ -120,10 +120,16 @@ class WorkerSetup(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         """Called by dask on each worker (also on ones that join later)."""
+        import warnings
+
+        from wsidet.errors import MppWarning
         from wsidet.heap import configure_heap
 
         os.environ.setdefault("TIFFSLIDE_NUM_DECODE_THREADS", "1")
         configure_heap()
+        # A slide's warnings reach the client in its results (outputs' metadata, manifest,
+        # the CLI's line per slide); printed on a worker's stderr they would say it twice.
+        warnings.filterwarnings("ignore", category=MppWarning)
 
     def teardown(self, worker: Any) -> None:
         """Nothing to release: detectors go with the process."""
