@@ -27,6 +27,16 @@ from wsidet.train.dataset import ImageSource, PointDataset, mixture_weights
 from wsidet.train.sources import AnnotationError
 
 
+def _write_blob_set(folder: Path, rng: np.random.Generator, n: int, size: int, cells: int) -> None:
+    """``n`` images of ``cells`` blobs each, with their CSV points, as a dataset folder."""
+    images, points = [], []
+    for _ in range(n):
+        pts = random_points(rng, (size, size), cells, min_sep=20, margin=10)
+        images.append(blob_image((size, size), pts, 6.0, rng=rng))
+        points.append(pts)
+    _write_set(folder, images, points)
+
+
 def _write_set(folder: Path, images: list[np.ndarray], points: list[np.ndarray]) -> None:
     (folder / "images").mkdir(parents=True)
     (folder / "points").mkdir()
@@ -105,12 +115,7 @@ def test_load_sets_holds_out_every_dataset(tmp_path: Path) -> None:
     method = get_method("voca", width=4)
     sets = []
     for name, mpp, size in (("a", 0.5, 80), ("b", 0.25, 160)):
-        images, points = [], []
-        for _ in range(4):
-            pts = random_points(rng, (size, size), 5, min_sep=20, margin=10)
-            images.append(blob_image((size, size), pts, 6.0, rng=rng))
-            points.append(pts)
-        _write_set(tmp_path / name, images, points)
+        _write_blob_set(tmp_path / name, rng, 4, size, 5)
         sets.append(AnnotatedSet(name, tmp_path / name / "images", tmp_path / name / "points", mpp))
     data = load_sets(sets, method, val_fraction=0.25, seed=0)
     assert len(data.train) == 6 and len(data.validation) == 2
@@ -232,12 +237,7 @@ def test_train_command_takes_a_sources_file(
 
     rng = np.random.default_rng(4)
     for name, size in (("a", 96), ("b", 192)):
-        images, points = [], []
-        for _ in range(3):
-            pts = random_points(rng, (size, size), 6, min_sep=20, margin=10)
-            images.append(blob_image((size, size), pts, 6.0, rng=rng))
-            points.append(pts)
-        _write_set(tmp_path / name, images, points)
+        _write_blob_set(tmp_path / name, rng, 3, size, 6)
     sources = tmp_path / "sources.toml"
     sources.write_text(
         '[[dataset]]\nname = "a"\nimages = "a/images"\npoints = "a/points"\nmpp = 0.5\n'
