@@ -104,6 +104,9 @@ EXPERIMENTS = {
     "cv-fold2": Experiment(("crchisto-fold1", "monuseg", "consep"), ("crchisto-fold2",), None),
     "generalist": Experiment(("crchisto", "monuseg", "consep"), ("consep-test",), "bundled"),
 }
+#: Rows that are not test figures, said in the table.
+NOT_TESTS = {("shipped", "crchisto"): "85 of these 100 images trained it: not a test"}
+
 # The same, trained on stain-normalised colours ("-sn"): tested as they are and normalised.
 EXPERIMENTS.update(
     {
@@ -261,8 +264,10 @@ def markdown_table(rows: dict[str, Any]) -> str:
             trained = ", ".join(exp.train) or "CRCHisto only (shipped before)"
             minutes = row.get("training_minutes") or 0.0
             budget = f"{minutes:.0f} min, {row['hardware']}" if exp.train else "—"
+            caveat = NOT_TESTS.get((name, test))
+            where = f"{test} ({caveat})" if caveat else test
             lines.append(
-                f"| {name} | {trained} | {test} | {prf(plain)} | {prf(stain)} | {budget} |"
+                f"| {name} | {trained} | {where} | {prf(plain)} | {prf(stain)} | {budget} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -1,20 +1,15 @@
 """Copy a training run's weights into the package as bundled weights, with how they were made.
 
-The shipped default (the generalist, ``voca``) was made with::
-
-    python benchmarks/generalisation.py --out bench-out/generalisation --run generalist \\
-        --minutes 35 [--resume-finished --minutes N]
-    python benchmarks/ship_default.py bench-out/generalisation/generalist \\
-        --command "<the command above>" --terms generalist
-
-The CRCHisto-only weights shipped before it (``voca-crchisto``) were made with (CPU, two
-sessions; the second resumed the first)::
+The shipped default ``voca`` (and the same file as ``voca-crchisto``, the name it keeps once
+another default ships) was made with (CPU, two sessions; the second resumed the first)::
 
     wsidet train --method voca --param width=32 --images ../shared/data/crchisto/images \\
         --points ../shared/data/crchisto/detection --one-based --out bench-out/default-voca \\
         --minutes 60 --samples-per-epoch 2048 --patience 12 --device cpu --seed 0 [--resume]
-    python benchmarks/ship_default.py bench-out/default-voca --command "<the command above>" \\
-        --name voca-crchisto
+    python benchmarks/ship_default.py bench-out/default-voca --command "<the command above>"
+
+A generalist from ``benchmarks/generalisation.py --run generalist`` would ship with
+``--terms generalist`` (the data terms of all three sources).
 """
 
 from __future__ import annotations
