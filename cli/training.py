@@ -329,15 +329,13 @@ def _image_mpp(args: argparse.Namespace, pairs: list[Any]) -> float:
     if args.image_mpp is not None:
         return float(args.image_mpp)
     from wsidet.slide import open_slide
+    from wsidet.train.dataset import plain_image_without_mpp
     from wsidet.train.sources import SLIDE_SUFFIXES, AnnotationError
 
     found = set()
     for pair in pairs:
         if pair.image.suffix.lower() not in SLIDE_SUFFIXES:
-            raise AnnotationError(
-                f"{pair.image.name}: the pixel size of plain images must be given "
-                "(--image-mpp; e.g. 0.25 at 40x, 0.5 at 20x)"
-            )
+            raise plain_image_without_mpp(pair.image)
         mpp = open_slide(pair.image).mpp
         if mpp is None:
             raise AnnotationError(f"{pair.image.name} states no pixel size: give --image-mpp")

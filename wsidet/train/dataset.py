@@ -228,6 +228,14 @@ def _boxes(
     return out
 
 
+def plain_image_without_mpp(path: Path) -> AnnotationError:
+    """The error for a PNG/JPEG whose pixel size was not given (it is never assumed)."""
+    return AnnotationError(
+        f"{path.name}: the pixel size of plain images must be given "
+        "(image_mpp, --image-mpp; e.g. 0.25 at 40x, 0.5 at 20x)"
+    )
+
+
 def load_sources(
     item: Annotated,
     method: Method,
@@ -285,10 +293,7 @@ def load_sources(
             )
     else:
         if image_mpp is None:
-            raise AnnotationError(
-                f"{item.image.name}: the pixel size of plain images must be given "
-                "(image_mpp, --image-mpp; e.g. 0.25 at 40x, 0.5 at 20x)"
-            )
+            raise plain_image_without_mpp(item.image)
         image = _read_image(item.image)
         factor = 1.0
         if abs(method.mpp / image_mpp - 1) > 1e-6:
