@@ -12,7 +12,7 @@ and command, so methods can be re-run one at a time. Runs already finished are s
 script can be stopped and restarted.
 
     python benchmarks/reproduce_crchisto.py --out bench-out/crchisto [--methods voca,mapde]
-        [--budget-scale 1.0] [--device cuda]
+        [--budget-scale 1.0 | --converge [--patience 12]] [--device cuda --batch-size 64]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _budget import add_budget_args, budget
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "crchisto"
@@ -82,21 +83,22 @@ def run_fold(name: str, fold: int, out: Path, args: argparse.Namespace) -> dict[
     started = time.perf_counter()
     weights = None
     if method.trainable:
+        limits = budget(args, minutes=plan["minutes"], samples=plan["samples"])
         result = train(
             method,
             load(fit_pairs),
             load(val_pairs),
             TrainConfig(
-                epochs=400,
-                samples_per_epoch=plan["samples"],
-                batch_size=8,
+                epochs=limits.epochs,
+                samples_per_epoch=limits.samples,
+                batch_size=limits.batch_size,
                 patch=128,
                 lr=plan["lr"],
-                patience=12,
+                patience=limits.patience,
                 seed=fold,
                 device=args.device,
                 augment=Augment(),
-                max_minutes=plan["minutes"] * args.budget_scale,
+                max_minutes=limits.max_minutes,
             ),
             out,
             resume=True,
@@ -129,6 +131,8 @@ def run_fold(name: str, fold: int, out: Path, args: argparse.Namespace) -> dict[
         "threshold": {method.threshold_param: getattr(method, method.threshold_param)},
         "params": method.params(),
         "train_minutes": train_minutes,
+        "epochs": len(result.history) if method.trainable else 0,
+        "budget": limits.describe() if method.trainable else "nothing to train",
         "at_6px": {k: v for k, v in at6.as_dict().items() if k != "per_image"},
         "at_8px": {k: v for k, v in at8.as_dict().items() if k != "per_image"},
     }
@@ -195,7 +199,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-out/crchisto"))
     parser.add_argument("--methods", default=",".join(PLAN))
     parser.add_argument("--folds", default="1,2")
-    parser.add_argument("--budget-scale", type=float, default=1.0)
+    add_budget_args(parser, patience=12)
     parser.add_argument("--device", default=None)
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -219,6 +223,7 @@ def main() -> None:
     previous = json.loads(args.results.read_text()) if args.results.is_file() else {}
     run = {
         "budget_scale": args.budget_scale,
+        "converge": args.converge,
         "hardware": hardware,
         "date": time.strftime("%Y-%m-%d"),
         "command": " ".join(["python", *sys.argv]),

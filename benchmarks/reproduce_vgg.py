@@ -16,7 +16,7 @@ Results per draw go to ``OUT/METHOD/drawK/``; the summary to
 ``benchmarks/results/vgg_cells.json``. Finished draws are skipped on a rerun.
 
     python benchmarks/reproduce_vgg.py --out bench-out/vgg [--methods fcrn_a] [--draws 5]
-        [--budget-scale 1.0] [--device cuda]
+        [--budget-scale 1.0 | --converge [--patience 15]] [--device cuda --batch-size 64]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _budget import add_budget_args, budget
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "vgg_cells"
@@ -77,23 +78,24 @@ def run_draw(name: str, draw: int, out: Path, args: argparse.Namespace) -> dict[
         # Synthetic cells have no physical size: taken at the method's pixel size.
         return [s for p in items for s in load_sources(p, method, image_mpp=method.mpp)]
 
+    plan = budget(args, minutes=PLAN[name]["minutes"], samples=PLAN[name]["samples"])
     result = train(
         method,
         load(fit),
         load(val),
         TrainConfig(
-            epochs=400,
-            samples_per_epoch=PLAN[name]["samples"],
-            batch_size=8,
+            epochs=plan.epochs,
+            samples_per_epoch=plan.samples,
+            batch_size=plan.batch_size,
             patch=128,
             lr=1e-3,
-            patience=15,
+            patience=plan.patience,
             seed=draw,
             device=args.device,
             # Fluorescence, not H&E: flips and intensity, no stain jitter.
             augment=Augment(hed=0.0, intensity=0.1),
             select_on="count",
-            max_minutes=PLAN[name]["minutes"] * args.budget_scale,
+            max_minutes=plan.max_minutes,
         ),
         out,
         resume=True,
@@ -110,6 +112,8 @@ def run_draw(name: str, draw: int, out: Path, args: argparse.Namespace) -> dict[
         "count_mae": evaluation.count_mae,
         "train_minutes": json.loads(result.record.read_text())["minutes"],
         "best_epoch": result.best_epoch,
+        "epochs": len(result.history),
+        "budget": plan.describe(),
     }
     write_json(out / "summary.json", summary)
     return summary
@@ -122,7 +126,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-out/vgg"))
     parser.add_argument("--methods", default=",".join(PLAN))
     parser.add_argument("--draws", type=int, default=5)
-    parser.add_argument("--budget-scale", type=float, default=1.0)
+    add_budget_args(parser, patience=15)
     parser.add_argument("--device", default=None)
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -131,6 +135,7 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"
     run = {
         "budget_scale": args.budget_scale,
+        "converge": args.converge,
         "hardware": torch.cuda.get_device_name(0)
         if device == "cuda"
         else f"CPU: {platform.machine()}, {torch.get_num_threads()} threads",

@@ -15,7 +15,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,13 @@ import numpy as np
 import torch
 
 from wsidet.engine import Detector, load_weights, resolve_device, weights_hash
-from wsidet.evaluate import choose_threshold, predict, write_pr_curve
+from wsidet.evaluate import (
+    Predictions,
+    choose_threshold,
+    evaluate_predictions,
+    predict,
+    write_pr_curve,
+)
 from wsidet.io import atomic_path
 from wsidet.methods.base import Method
 from wsidet.precision import autocast_dtype, check_precision, resolve_precision
@@ -123,6 +129,12 @@ class EpochLog:
     improved: bool
     # Defaulted so that the histories of states written before it was recorded still load.
     lr: float = math.nan
+    #: Learning-curve figures of the monitored sets (``train(monitor=...)``), by set name:
+    #: ``f1``, ``count_mae`` and ``count_bias`` (mean predicted minus true count) at this
+    #: epoch's validation threshold. Never used to select weights or thresholds.
+    monitor: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: Seconds spent on the monitored sets, not counted in ``seconds`` (nor in a time budget).
+    monitor_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -220,6 +232,17 @@ def training_stain_reference(sources: Sequence[Source], edge: int = 512) -> Stai
         return StainStats((50.0, 0.0, 0.0), (1.0, 1.0, 1.0), 0)
 
 
+def monitor_figures(method: Method, predictions: Predictions, radius: float) -> dict[str, float]:
+    """F1, count MAE and count bias (mean signed error) of one monitored set."""
+    result = evaluate_predictions(method, predictions, radius=radius)
+    signed = [row["count"] - row["true"] for row in result.per_image]
+    return {
+        "f1": result.scores.f1,
+        "count_mae": result.count_mae,
+        "count_bias": float(np.mean(signed)) if signed else math.nan,
+    }
+
+
 def _seed_everything(seed: int) -> None:
     # Patches draw from their own (seed, epoch, index) generators; this covers weight
     # initialisation and anything else that uses the global generators.
@@ -240,6 +263,7 @@ def train(
     on_epoch: Callable[[EpochLog], None] | None = None,
     data_record: dict[str, Any] | None = None,
     train_weights: Sequence[float] | None = None,
+    monitor: Mapping[str, Sequence[Source]] | None = None,
 ) -> TrainResult:
     """Train ``method`` and write its best checkpoint to ``out_dir``.
 
@@ -270,6 +294,10 @@ def train(
     train_weights : sequence of float, optional
         Probability of drawing each training source (default: by area); see
         :func:`wsidet.train.dataset.mixture_weights`.
+    monitor : mapping of str to sequence of Source, optional
+        Sets scored after every epoch for learning curves only (e.g. the training images, or a
+        test set in a diagnosis): their figures go to :attr:`EpochLog.monitor`, never into the
+        choice of weights or threshold, and their time is not charged to the budget.
 
     Returns
     -------
@@ -406,6 +434,16 @@ def train(
         else:
             stale += 1
         validation_seconds = time.perf_counter() - validation_start
+        monitor_start = time.perf_counter()
+        curves = {
+            name: monitor_figures(
+                method.replace(**{method.threshold_param: threshold}),
+                predict(detector, sources, stain=val_stain),
+                config.radius,
+            )
+            for name, sources in (monitor or {}).items()
+        }
+        monitor_seconds = time.perf_counter() - monitor_start
         log = EpochLog(
             epoch=epoch,
             loss=float(np.mean(losses)) if losses else float("nan"),
@@ -414,9 +452,11 @@ def train(
             val_recall=best_here.scores.recall,
             val_count_mae=best_here.count_mae,
             threshold=threshold,
-            seconds=time.perf_counter() - epoch_start,
+            seconds=time.perf_counter() - epoch_start - monitor_seconds,
             improved=improved,
             lr=lr,
+            monitor=curves,
+            monitor_seconds=monitor_seconds,
         )
         history.append(log)
         if on_epoch is not None:
