@@ -192,6 +192,35 @@ def aggregate(
     return methods
 
 
+def training_cell(row: dict[str, Any]) -> str:
+    """What a row's training was: minutes per fold, epochs, budget, hardware, date."""
+    minutes = " and ".join(f"{m:.0f}" for m in row["train_minutes"])
+    how = row.get("budget") or (
+        "to convergence" if row.get("converge") else f"budget ×{row.get('budget_scale', 1):g}"
+    )
+    epochs = f", {row['epochs']} epochs" if row.get("epochs") else ""
+    return f"{minutes} min{epochs} ({how}; {row['hardware']}, {row['date']})"
+
+
+def markdown_table(methods: dict[str, Any]) -> str:
+    """The README's table, from the results (``--table`` rewrites it without training)."""
+    lines = [
+        "| method | F1 6 px, fold 1 | fold 2 | **mean** | F1 8 px | precision | recall "
+        "| localisation median | training per fold |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    order = sorted(methods, key=lambda n: -methods[n]["f1_6px_mean"])
+    for name in order:
+        m = methods[name]
+        lines.append(
+            f"| `{name}` | {m['f1_6px_fold1']:.3f} | {m['f1_6px_fold2']:.3f} | "
+            f"**{m['f1_6px_mean']:.3f}** | {m['f1_8px_mean']:.3f} | {m['precision']:.3f} | "
+            f"{m['recall']:.3f} | {m['loc_median_px']:.2f} px | "
+            f"{training_cell(m) if name != 'log' else '— (threshold only)'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     import torch
 
@@ -202,7 +231,13 @@ def main() -> None:
     add_budget_args(parser, patience=12)
     parser.add_argument("--device", default=None)
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--table", action="store_true", help="only rewrite the Markdown table")
     args = parser.parse_args()
+    if args.table:
+        table = markdown_table(json.loads(args.results.read_text())["methods"])
+        args.results.with_suffix(".md").write_text(table)
+        print(table)
+        return
     if not DATA.is_dir():
         sys.exit(f"CRCHisto not found at {DATA}")
     for name in args.methods.split(","):
@@ -241,6 +276,7 @@ def main() -> None:
         "command": run["command"],
     }
     write_json(args.results, report)
+    args.results.with_suffix(".md").write_text(markdown_table(methods))
     print(json.dumps({n: round(m["f1_6px_mean"], 4) for n, m in methods.items()}, indent=2))
 
 

@@ -119,6 +119,24 @@ def run_draw(name: str, draw: int, out: Path, args: argparse.Namespace) -> dict[
     return summary
 
 
+def markdown_table(methods: dict[str, Any]) -> str:
+    """The README's table, from the results (``--table`` rewrites it without training)."""
+    lines = [
+        "| method | wsidet | training per draw | epochs | hardware, date | paper (N = 32) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, m in methods.items():
+        how = "to convergence" if m.get("converge") else f"budget ×{m.get('budget_scale', 1):g}"
+        epochs = m.get("epochs")
+        lines.append(
+            f"| {name.upper().replace('_', '-')} | {m['mae_mean']:.1f} ± {m['mae_sd']:.1f} | "
+            f"{np.mean(m['train_minutes']):.1f} min ({how}) | "
+            f"{'—' if not epochs else f'{min(epochs)}–{max(epochs)}'} | "
+            f"{m['hardware']}, {m['date']} | {m['published']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     import torch
 
@@ -129,7 +147,13 @@ def main() -> None:
     add_budget_args(parser, patience=15)
     parser.add_argument("--device", default=None)
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--table", action="store_true", help="only rewrite the Markdown table")
     args = parser.parse_args()
+    if args.table:
+        table = markdown_table(json.loads(args.results.read_text())["methods"])
+        args.results.with_suffix(".md").write_text(table)
+        print(table)
+        return
     if not DATA.is_dir():
         sys.exit(f"VGG cells not found at {DATA}")
     device = "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"
@@ -145,7 +169,7 @@ def main() -> None:
     previous = json.loads(args.results.read_text()) if args.results.is_file() else {}
     methods: dict[str, Any] = dict(previous.get("methods", {}))
     for name in args.methods.split(","):
-        maes, minutes = [], []
+        maes, minutes, epochs = [], [], []
         for draw in range(args.draws):
             out = args.out / name / f"draw{draw}"
             done = out / "summary.json"
@@ -157,12 +181,14 @@ def main() -> None:
             print(f"{name} draw {draw}: count MAE {summary['count_mae']:.2f}", flush=True)
             maes.append(summary["count_mae"])
             minutes.append(summary["train_minutes"])
+            epochs.append(summary.get("epochs"))
         methods[name] = {
             "mae_mean": float(np.mean(maes)),
             "mae_sd": float(np.std(maes, ddof=1)) if len(maes) > 1 else 0.0,
             "n_train": N_TRAIN,
             "draws": maes,
             "train_minutes": minutes,
+            "epochs": epochs if all(e is not None for e in epochs) else None,
             "published": PUBLISHED[name],
             **run,
         }
@@ -177,6 +203,7 @@ def main() -> None:
         **run,
     }
     write_json(args.results, report)
+    args.results.with_suffix(".md").write_text(markdown_table(methods))
     print(json.dumps(methods, indent=2))
 
 
