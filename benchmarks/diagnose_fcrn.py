@@ -11,7 +11,10 @@ weights). Variants:
 * ``blue``: the same on the blue channel only (copied into R and G): the paper's input is one
   channel, and in RGB the near-empty R and G become noise after the per-window normalisation;
 * ``whole``: ``baseline``'s best weights fine-tuned on whole 256² images at lr 1e-4, the
-  paper's second stage ("fine-tune … with whole images").
+  paper's second stage ("fine-tune … with whole images");
+* ``whole-reflect``: the same with targets whose Gaussians are mirrored back into the image at
+  its edges (``fcrn_a`` ``edges="reflect"``, wsidet's default since this diagnosis), so an
+  image's target integrates to its dot count; the other variants use the paper's cut-off edges.
 
 Also written: the **target floor**, the count bias of a perfect regressor of the targets on the
 test images (Gaussians cut off at the image border lose their outside mass), and per epoch the
@@ -19,7 +22,7 @@ mean signed test error. ``--report`` writes ``benchmarks/results/fcrn_diagnosis.
 curves ``benchmarks/results/fcrn_a-curves.png``.
 
     python benchmarks/diagnose_fcrn.py --variant baseline [--epochs 80] [--patience 15]
-    python benchmarks/diagnose_fcrn.py --variant whole      # after baseline
+    python benchmarks/diagnose_fcrn.py --variant whole      # after baseline; whole-reflect
     python benchmarks/diagnose_fcrn.py --report
 """
 
@@ -95,7 +98,7 @@ def run(args: argparse.Namespace) -> None:
     from wsidet.train.dataset import load_sources
     from wsidet.train.loop import TrainConfig, train
 
-    method = get_method(args.method)
+    method = get_method(args.method, edges="reflect" if "reflect" in args.variant else "cut")
     fit, val, test = vgg_split(args.draw)
 
     def load(items: list[Any]) -> list[Any]:
@@ -118,7 +121,7 @@ def run(args: argparse.Namespace) -> None:
         select_on="count",
         precision=args.precision,
     )
-    if args.variant == "whole":
+    if args.variant.startswith("whole"):
         init = args.out / "baseline" / f"{method.name}.safetensors"
         if not init.is_file():
             sys.exit("run --variant baseline first: whole-image fine-tuning starts from it")
@@ -158,8 +161,8 @@ def run(args: argparse.Namespace) -> None:
         "history": [dataclasses.asdict(h) for h in result.history],
         "train_minutes": sum(h.seconds for h in result.history) / 60,
         "wall_minutes_this_call": (time.perf_counter() - start) / 60,
-        "target_floor_test": target_floor(method, test_sources),
-        "target_floor_train": target_floor(method, train_sources),
+        "target_floor_test_cut_edges": target_floor(method, test_sources),
+        "target_floor_train_cut_edges": target_floor(method, train_sources),
         "hardware": hardware(args.device),
         "date": time.strftime("%Y-%m-%d"),
         "command": "python " + " ".join(sys.argv),
@@ -191,12 +194,13 @@ def report(args: argparse.Namespace) -> None:
         sys.exit(f"nothing to report under {args.out}")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     offset = 0
-    for name in ("baseline", "whole", "blue"):
+    for name in ("baseline", "whole", "whole-reflect", "blue"):
         if name not in runs:
             continue
         h = runs[name]["history"]
         # The whole-image stage continues the baseline's curve from its best epoch.
-        start = runs["baseline"]["best_epoch"] + 1 if name == "whole" and "baseline" in runs else 0
+        whole = name.startswith("whole") and "baseline" in runs
+        start = runs["baseline"]["best_epoch"] + 1 if whole else 0
         epochs = [start + r["epoch"] for r in h]
         for ax, key in zip(axes, ("test", "train"), strict=True):
             ax.plot(epochs, [r["monitor"][key]["count_mae"] for r in h], label=name)
@@ -236,14 +240,14 @@ def report(args: argparse.Namespace) -> None:
         print(
             f"{n}: best epoch {r['best_epoch']} test MAE {best['test']['count_mae']:.2f} "
             f"(bias {best['test']['count_bias']:+.2f}) train MAE {best['train']['count_mae']:.2f}"
-            f" floor {r['target_floor_test']['bias']:+.2f}, {r['train_minutes']:.1f} min"
+            f" floor {r['target_floor_test_cut_edges']['bias']:+.2f}, {r['train_minutes']:.1f} min"
         )
     print(f"wrote {RESULTS} and {CURVES}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--variant", choices=("baseline", "blue", "whole"))
+    parser.add_argument("--variant", choices=("baseline", "blue", "whole", "whole-reflect"))
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--method", default="fcrn_a", choices=("fcrn_a", "fcrn_b"))
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "fcrn-diagnosis")

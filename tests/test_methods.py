@@ -7,6 +7,8 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.nn import functional as F
 
 from tests.rf_probe import probe_radius
@@ -383,6 +385,34 @@ def test_fcrn_count_is_the_integral_of_the_density(name: str) -> None:
     count = method.aggregate(as_tensors(target))["count"].sum().item()
     assert count == pytest.approx(len(points), abs=1e-3)
     assert count == pytest.approx(target["density"].sum() / method.scale, rel=1e-6)  # type: ignore[attr-defined]
+
+
+@settings(max_examples=40)
+@given(
+    h=st.integers(24, 70),
+    w=st.integers(24, 70),
+    sigma=st.floats(0.8, 2.5),
+    yx=st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1)), min_size=1, max_size=12),
+)
+def test_reflected_density_integrates_to_the_dot_count(
+    h: int, w: int, sigma: float, yx: list[tuple[float, float]]
+) -> None:
+    """Dots anywhere in an image, at its edges too: mirrored across the edges, their density
+    sums to their number; cut off, it loses what falls outside."""
+    from wsidet.targets import gaussian_density, reflect_at_edges
+
+    points = np.array([(fy * (h - 1), fx * (w - 1)) for fy, fx in yx])
+    mirrored = reflect_at_edges(points, -0.5, h - 0.5, -0.5, w - 0.5)
+    assert mirrored.shape == (9 * len(points), 2)
+    np.testing.assert_array_equal(mirrored[: len(points)], points)
+    total = float(gaussian_density(mirrored, (h, w), sigma).sum())
+    assert total == pytest.approx(len(points), abs=1e-3 * len(points))
+    cut = float(gaussian_density(points, (h, w), sigma).sum())
+    assert cut <= total + 1e-6
+    # A dot closer than sigma to an edge loses more than 15.9 % of its mass across it.
+    to_edge = np.minimum(points + 0.5, np.array([h, w]) - 0.5 - points).min()
+    if to_edge < sigma:
+        assert cut < total - 0.15
 
 
 # ---- the LoG baseline ------------------------------------------------------------------------

@@ -584,3 +584,29 @@ def test_two_epochs_of_fcrn_a_on_four_vgg_images_lower_the_training_count_error(
     assert curve[-1] < 0.9 * before, (before, curve)
     record = json.loads((tmp_path / "fcrn" / "fcrn_a.json").read_text())
     assert record["history"][-1]["monitor"]["train"]["count_mae"] == pytest.approx(curve[-1])
+
+
+@given(
+    yx=st.lists(st.tuples(st.floats(0, 63), st.floats(0, 63)), min_size=1, max_size=10),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=25)
+def test_density_patches_keep_every_dot_of_the_image_whole(
+    yx: list[tuple[float, float]], seed: int
+) -> None:
+    """A whole-image patch of FCRN targets integrates to the image's dot count (edges mirrored);
+    with the paper's cut-off edges it falls short by what crossed them."""
+    points = np.array(yx)
+    source = ImageSource("a", np.full((64, 64, 3), 200, np.uint8), points)
+    totals = {}
+    for edges in ("reflect", "cut"):
+        method = get_method("fcrn_a", edges=edges)
+        data = PointDataset([source], method, patch=64, samples=1, augment=None, seed=seed)
+        _, target = data[0]
+        totals[edges] = float(target["density"].sum()) / method.scale
+    assert totals["reflect"] == pytest.approx(len(points), abs=2e-3 * len(points))
+    # A dot closer than sigma (2 px) to an edge loses more than 15.9 % of its mass across it.
+    if np.minimum(points + 0.5, 63.5 - points).min() < 2.0:
+        assert totals["cut"] < totals["reflect"] - 0.15
+    else:
+        assert totals["cut"] <= totals["reflect"] + 1e-4

@@ -118,6 +118,15 @@ class Method(abc.ABC):
     def build_network(self) -> torch.nn.Module:
         """The network, fully convolutional, returning a dict of (N, C, H, W) maps."""
 
+    @property
+    def targets_mirror_image_edges(self) -> bool:
+        """Whether training mirrors dots across their image's edges before :meth:`encode`.
+
+        So a target keeps all of each dot's mass inside the image, for a method that counts
+        by the integral of its output. Off by default.
+        """
+        return False
+
     def encode(
         self, points_yx: npt.NDArray[np.floating[Any]], shape: tuple[int, int]
     ) -> dict[str, npt.NDArray[np.float32]]:

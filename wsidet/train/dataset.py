@@ -26,6 +26,7 @@ from wsidet.methods.base import Method
 from wsidet.resample import resample_weights, resample_window, resampled_size
 from wsidet.slide import Scale, Slide, open_slide
 from wsidet.stain import Reinhard, StainStats, stain_stats
+from wsidet.targets import reflect_at_edges
 from wsidet.train.augment import Augment, dihedral
 from wsidet.train.sources import SLIDE_SUFFIXES, Annotated, AnnotationError, read_annotations
 
@@ -424,6 +425,16 @@ class PointDataset(torch.utils.data.Dataset[tuple[torch.Tensor, dict[str, torch.
         x0 = int(rng.integers(0, max(1, w - size + 1)))
         window = source.read(y0, min(h, y0 + size), x0, min(w, x0 + size))
         points = source.points_yx - np.array([y0, x0], np.float64)
+        if self.method.targets_mirror_image_edges:
+            # The image's edges in patch pixels; where the patch is padded past one, the
+            # padding mirrors its points already.
+            points = reflect_at_edges(
+                points,
+                -y0 - 0.5,
+                h - y0 - 0.5 if window.shape[0] == size else None,
+                -x0 - 0.5,
+                w - x0 - 0.5 if window.shape[1] == size else None,
+            )
         if window.shape[0] < size or window.shape[1] < size:
             # A source smaller than the patch is mirrored to fill it, its nuclei with it.
             points = _mirror_points(points, window.shape[:2], size)
