@@ -153,7 +153,7 @@ STEPS: tuple[Step, ...] = (
         "vgg",
     ),
     _crchisto("voca", 2048, 25),
-    _crchisto("mapde", 1024, 40),
+    _crchisto("mapde", 1024, 40),  # 256 patches of 256², as many pixels as 1024 of 128²
     _crchisto("micronet", 1024, 40),
     _crchisto("proximity", 512, 40),
     _crchisto("fcrn_a", 1024, 30),
