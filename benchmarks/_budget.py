@@ -4,9 +4,10 @@ Shared by ``reproduce_vgg.py``, ``reproduce_crchisto.py`` and ``generalisation.p
 
 * default: each run stops at its CPU minute budget (times ``--budget-scale``), or earlier by
   early stopping;
-* ``--converge``: no time budget; a run stops when its validation score has not improved for
-  ``--patience`` epochs (or at ``--max-epochs``). Resumable like any run, so a CPU run may
-  take several sessions.
+* ``--converge``: no time budget; the learning rate drops tenfold after every
+  ``--patience``/3 epochs without a better validation score (``schedule="plateau"``), and a run
+  stops when it has not improved for ``--patience`` epochs (or at ``--max-epochs``).
+  Resumable like any run, so a CPU run may take several sessions.
 
 ``--batch-size`` above 8 (a GPU) scales the patches per epoch with it, so an epoch keeps its
 number of optimiser steps and the patience means the same.
@@ -30,11 +31,14 @@ class Budget:
     patience: int
     batch_size: int
     samples: int
+    schedule: str
+    plateau_wait: int
 
     def describe(self) -> str:
         """One phrase for the results' rows."""
         limit = (
-            f"to convergence (patience {self.patience}, at most {self.epochs} epochs)"
+            f"to convergence (lr /10 after {self.plateau_wait} flat epochs, patience "
+            f"{self.patience}, at most {self.epochs} epochs)"
             if self.max_minutes is None
             else f"{self.max_minutes:g} min budget (patience {self.patience})"
         )
@@ -63,4 +67,6 @@ def budget(args: argparse.Namespace, *, minutes: float, samples: int) -> Budget:
         patience=args.patience,
         batch_size=args.batch_size,
         samples=max(samples, samples * args.batch_size // BASE_BATCH),
+        schedule="plateau" if args.converge else "cosine",
+        plateau_wait=max(1, args.patience // 3),
     )

@@ -184,6 +184,8 @@ def train_one(name: str, exp: Experiment, args: argparse.Namespace, sets: dict[s
         augment=Augment.domain_shift(),
         radius=RADIUS_UM / method.mpp,
         max_minutes=None if args.converge else args.minutes,
+        schedule="plateau" if args.converge else "cosine",
+        plateau_wait=max(1, args.patience // 3),
         precision=args.precision,
         stain_normalise=exp.normalise,
     )

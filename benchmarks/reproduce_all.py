@@ -108,7 +108,7 @@ DEFAULT_RECIPE = (
     *("--method", "voca", "--param", "width=32", "--one-based", "--seed", "0"),
     *("--images", str(ROOT.parent / "shared/data/crchisto/images")),
     *("--points", str(ROOT.parent / "shared/data/crchisto/detection")),
-    *("--patience", "12", "--epochs", "400"),
+    *("--patience", "12", "--epochs", "400", "--schedule", "plateau", "--plateau-wait", "4"),
 )
 
 

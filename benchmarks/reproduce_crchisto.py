@@ -97,6 +97,8 @@ def run_fold(name: str, fold: int, out: Path, args: argparse.Namespace) -> dict[
                 patch=plan.get("patch", 128),
                 lr=plan["lr"],
                 patience=limits.patience,
+                schedule=limits.schedule,
+                plateau_wait=limits.plateau_wait,
                 seed=fold,
                 device=args.device,
                 augment=Augment(),

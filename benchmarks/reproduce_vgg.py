@@ -90,6 +90,8 @@ def run_draw(name: str, draw: int, out: Path, args: argparse.Namespace) -> dict[
             patch=128,
             lr=1e-3,
             patience=plan.patience,
+            schedule=plan.schedule,
+            plateau_wait=plan.plateau_wait,
             seed=draw,
             device=args.device,
             # Fluorescence, not H&E: flips and intensity, no stain jitter.

@@ -77,6 +77,14 @@ def add_parsers(sub: Any) -> None:
     )
     train.add_argument("--lr", type=bounded(float, 1e-9, 10.0), default=1e-3)
     train.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
+    train.add_argument(
+        "--schedule",
+        choices=["cosine", "plateau"],
+        default="cosine",
+        help="cosine over --epochs (or --minutes), or /10 after --plateau-wait validations "
+        "without improvement (to convergence, with --patience to stop)",
+    )
+    train.add_argument("--plateau-wait", type=bounded(int, 1, 100_000), default=4)
     train.add_argument("--patience", type=bounded(int, 1, 100_000), default=15)
     train.add_argument(
         "--val-fraction",
@@ -275,6 +283,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         patch=args.patch,
         lr=args.lr,
         optimizer=args.optimizer,
+        schedule=args.schedule,
+        plateau_wait=args.plateau_wait,
         patience=args.patience,
         seed=args.seed,
         device=args.device,

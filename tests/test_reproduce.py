@@ -27,7 +27,8 @@ def test_a_budget_is_minutes_or_convergence_and_keeps_steps_per_epoch() -> None:
     assert (timed.max_minutes, timed.patience, timed.samples, timed.batch_size) == (50, 12, 1024, 8)
     converge = budget(parse(["--converge", "--batch-size", "64"]), minutes=25, samples=1024)
     assert converge.max_minutes is None and converge.samples == 8 * 1024
-    assert "to convergence (patience 12" in converge.describe()
+    assert (timed.schedule, converge.schedule, converge.plateau_wait) == ("cosine", "plateau", 4)
+    assert "to convergence (lr /10 after 4 flat epochs, patience 12" in converge.describe()
     with pytest.raises(SystemExit):
         budget(parse(["--patience", "0"]), minutes=1, samples=8)
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -610,3 +611,38 @@ def test_density_patches_keep_every_dot_of_the_image_whole(
         assert totals["cut"] < totals["reflect"] - 0.15
     else:
         assert totals["cut"] <= totals["reflect"] + 1e-4
+
+
+def test_the_plateau_schedule_drops_tenfold_after_each_wait_without_improvement() -> None:
+    from wsidet.train.loop import plateau_lr
+
+    assert plateau_lr([], 1e-3, 3) == 1e-3
+    # Two flat epochs, an improvement (count restarts), then three flat: one decay.
+    assert plateau_lr([True, False, False, True, False, False, False], 1e-3, 3) == 1e-4
+    # Six flat epochs in a row: two decays (the count restarts after each).
+    assert plateau_lr([True] + [False] * 6, 1e-3, 3) == pytest.approx(1e-5)
+
+
+@given(st.lists(st.booleans(), max_size=40), st.integers(1, 6))
+def test_the_plateau_rate_never_rises_and_is_a_power_of_ten_below_the_start(
+    improved: list[bool], wait: int
+) -> None:
+    from wsidet.train.loop import plateau_lr
+
+    rates = [plateau_lr(improved[:n], 1.0, wait) for n in range(len(improved) + 1)]
+    assert all(b <= a for a, b in itertools.pairwise(rates))
+    decays = -np.log10(rates[-1])
+    assert decays == pytest.approx(round(decays)) and decays <= len(improved) / wait
+
+
+def test_a_plateau_run_decays_on_its_logged_improvements(tmp_path: Path) -> None:
+    method, sources = resume_setup()
+    config = small_config(4, schedule="plateau", plateau_wait=1, patience=10, lr=1e-3)
+    result = train(method, sources[:1], sources[1:], config, tmp_path / "run")
+    rates = [h.lr for h in result.history]
+    flags = [h.improved for h in result.history]
+    from wsidet.train.loop import plateau_lr
+
+    assert rates == [pytest.approx(plateau_lr(flags[:i], 1e-3, 1)) for i in range(len(flags))]
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="linear")

@@ -56,9 +56,16 @@ class TrainConfig:
     patch : int
         Patch edge (rounded up to the method's stride).
     lr : float
-        Learning rate of the first epoch; it follows a cosine down to ``lr / 50`` at
-        ``epochs``, or at the epoch where ``max_minutes`` runs out when that comes first (see
-        :func:`cosine_lr` and :func:`lr_horizon`).
+        Learning rate of the first epoch. With ``schedule="cosine"`` it follows a cosine down
+        to ``lr / 50`` at ``epochs``, or at the epoch where ``max_minutes`` runs out when that
+        comes first (see :func:`cosine_lr` and :func:`lr_horizon`); with ``"plateau"`` it is
+        divided by ten after every ``plateau_wait`` validations without a better score
+        (:func:`plateau_lr`), for training to convergence, when the epochs are not known.
+    schedule : str
+        ``"cosine"`` or ``"plateau"``.
+    plateau_wait : int
+        Validations without improvement before each tenfold decay (``"plateau"`` only); keep
+        it below ``patience`` so a run anneals before it stops.
     weight_decay : float
     optimizer : str
         ``"adamw"`` or ``"sgd"`` (Nesterov momentum 0.9, as MicroNet's paper).
@@ -101,10 +108,16 @@ class TrainConfig:
     max_minutes: float | None = None
     select_on: str = "f1"
     stain_normalise: bool = False
+    schedule: str = "cosine"
+    plateau_wait: int = 4
 
     def __post_init__(self) -> None:
         if self.optimizer not in {"adamw", "sgd"}:
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if self.schedule not in {"cosine", "plateau"}:
+            raise ValueError(f"schedule must be 'cosine' or 'plateau', got {self.schedule!r}")
+        if self.plateau_wait < 1:
+            raise ValueError(f"plateau_wait must be >= 1, got {self.plateau_wait}")
         if self.select_on not in {"f1", "count"}:
             raise ValueError(f"select_on must be 'f1' or 'count', got {self.select_on!r}")
         if min(self.epochs, self.samples_per_epoch, self.batch_size, self.patience) < 1:
@@ -191,8 +204,39 @@ def cosine_lr(epoch: float, epochs: int, lr: float) -> float:
     return floor + (lr - floor) * (1 + math.cos(math.pi * progress)) / 2
 
 
+#: Each plateau divides the learning rate by this.
+PLATEAU_FACTOR = 10.0
+
+
+def plateau_lr(improved: Sequence[bool], lr: float, wait: int) -> float:
+    """Learning rate after validations whose improvements are ``improved``.
+
+    Divided by :data:`PLATEAU_FACTOR` each time ``wait`` validations in a row have not
+    improved (the count restarts after a decay and after an improvement), as the step decays of
+    FCRN's and MicroNet's papers, but on the validation score rather than a fixed epoch. A
+    function of the epoch log alone, so a resumed run continues at the same rate.
+
+    Parameters
+    ----------
+    improved : sequence of bool, shape (n_epochs_done,)
+    lr : float
+        The starting rate.
+    wait : int
+    """
+    decays, stale = 0, 0
+    for better in improved:
+        stale = 0 if better else stale + 1
+        if stale == wait:
+            decays, stale = decays + 1, 0
+    return lr / PLATEAU_FACTOR**decays
+
+
 def step_lr(
-    config: TrainConfig, epoch: float, trained_seconds: float, epoch_seconds: list[float]
+    config: TrainConfig,
+    epoch: float,
+    trained_seconds: float,
+    epoch_seconds: list[float],
+    improved: Sequence[bool] = (),
 ) -> float:
     """Learning rate of a step: the cosine where the epochs or the time budget have got to.
 
@@ -209,7 +253,11 @@ def step_lr(
         Training time so far, every session of the run included.
     epoch_seconds : list of float
         Seconds each finished epoch took (for :func:`lr_horizon`).
+    improved : sequence of bool
+        Whether each finished epoch improved the validation score (``"plateau"``).
     """
+    if config.schedule == "plateau":
+        return plateau_lr(improved, config.lr, config.plateau_wait)
     horizon = lr_horizon(config, epoch_seconds)
     if config.max_minutes is None:
         # Constant within an epoch: a run resumed with a larger ``epochs`` then trains
@@ -381,7 +429,8 @@ def train(
             break
         epoch_start = time.perf_counter()
         finished = [h.seconds for h in history]
-        lr = step_lr(config, epoch, spent, finished)
+        improvements = [h.improved for h in history]
+        lr = step_lr(config, epoch, spent, finished, improvements)
         network.train()
         dataset.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(
@@ -395,7 +444,9 @@ def train(
                 out_of_time = True  # validate what was trained, then stop
                 break
             for group in optimizer.param_groups:
-                group["lr"] = step_lr(config, epoch + step / steps, spent + elapsed, finished)
+                group["lr"] = step_lr(
+                    config, epoch + step / steps, spent + elapsed, finished, improvements
+                )
             images = images.to(device, non_blocking=True).contiguous(memory_format=layout)
             targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
             optimizer.zero_grad(set_to_none=True)
