@@ -61,6 +61,8 @@ class Step:
     epochs: int
     val_pixels: int
     table: str
+    #: The method's parameters as the step trains it (e.g. width), for the FLOP count.
+    params: tuple[tuple[str, int], ...] = ()
 
     @property
     def method_trains(self) -> bool:
@@ -113,6 +115,9 @@ DEFAULT_RECIPE = (
 
 
 def _crchisto(method: str, samples: int, epochs: int) -> Step:
+    import reproduce_crchisto
+
+    params = tuple(reproduce_crchisto.PLAN[method]["params"].items())
     return Step(
         f"crchisto/{method}",
         "reproduce_crchisto.py",
@@ -123,6 +128,7 @@ def _crchisto(method: str, samples: int, epochs: int) -> Step:
         epochs,
         CRCHISTO_VAL,
         "crchisto",
+        params,
     )
 
 
@@ -186,14 +192,14 @@ STEPS: tuple[Step, ...] = (
 )
 
 
-def flops(method: str) -> tuple[float, float]:
+def flops(method: str, params: tuple[tuple[str, int], ...] = ()) -> tuple[float, float]:
     """(training FLOPs per 128² patch, forward FLOPs per pixel) of ``method``'s network."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from wsidet.methods import get_method
 
-    network = get_method(method).build_network().eval()
+    network = get_method(method, **dict(params)).build_network().eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         network(torch.zeros(1, 3, PATCH, PATCH))
     forward = float(counter.get_total_flops())
@@ -201,7 +207,7 @@ def flops(method: str) -> tuple[float, float]:
     return 3 * forward, forward / PATCH**2
 
 
-def calibrate(methods: list[str], steps: int = 3) -> dict[str, Any]:
+def calibrate(methods: dict[str, tuple[tuple[str, int], ...]], steps: int = 3) -> dict[str, Any]:
     """Seconds per training step (batch 8 of 128²) and per validation megapixel, per method,
     timed on this machine (after one warm-up step)."""
     import numpy as np
@@ -211,8 +217,8 @@ def calibrate(methods: list[str], steps: int = 3) -> dict[str, Any]:
     from wsidet.methods import get_method
 
     speeds = {}
-    for name in methods:
-        method = get_method(name)
+    for name, params in methods.items():
+        method = get_method(name, **dict(params))
         if not method.trainable:
             continue
         network = method.build_network().to(memory_format=torch.channels_last)
@@ -245,7 +251,7 @@ def estimate(step: Step, speeds: dict[str, Any], gpu_tflops: float, batch: int) 
     """The step's FLOPs, CPU hours (if calibrated) and GPU minutes (assumed rate)."""
     if not step.method_trains:  # a threshold sweep over the training fold
         return {"tflop": 0.0, "cpu_hours": None, "gpu_minutes": 0.0}
-    train_flops, val_flops_px = flops(step.method)
+    train_flops, val_flops_px = flops(step.method, step.params)
     samples = step.samples * max(1, batch // 8)
     total = step.runs * step.epochs * (samples * train_flops + step.val_pixels * val_flops_px)
     cpu_hours = None
@@ -311,7 +317,7 @@ def main() -> None:
     if args.calibrate:
         import torch
 
-        methods = sorted({s.method for s in STEPS})
+        methods = {s.method: s.params for s in STEPS}
         doc = {
             "methods": calibrate(methods),
             "hardware": f"{platform.machine()}, {torch.get_num_threads()} threads (CPU)",

@@ -191,6 +191,12 @@ def aggregate(
             "params": runs[1]["params"],
             **run,
         }
+        # How each fold was trained is its own summary's, not this call's flags: a rerun that
+        # skips finished folds must not relabel them.
+        if all("budget" in runs[k] for k in (1, 2)):
+            methods[name]["budget"] = runs[1]["budget"]
+            methods[name]["epochs"] = [runs[k]["epochs"] for k in (1, 2)]
+            methods[name]["converge"] = "convergence" in runs[1]["budget"]
         if name in NOTES:
             methods[name]["note"] = NOTES[name]
     return methods
@@ -202,7 +208,8 @@ def training_cell(row: dict[str, Any]) -> str:
     how = row.get("budget") or (
         "to convergence" if row.get("converge") else f"budget ×{row.get('budget_scale', 1):g}"
     )
-    epochs = f", {row['epochs']} epochs" if row.get("epochs") else ""
+    epochs = row.get("epochs")
+    epochs = f", {' and '.join(map(str, epochs))} epochs" if epochs else ""
     return f"{minutes} min{epochs} ({how}; {row['hardware']}, {row['date']})"
 
 
@@ -262,7 +269,6 @@ def main() -> None:
     previous = json.loads(args.results.read_text()) if args.results.is_file() else {}
     run = {
         "budget_scale": args.budget_scale,
-        "converge": args.converge,
         "hardware": hardware,
         "date": time.strftime("%Y-%m-%d"),
         "command": " ".join(["python", *sys.argv]),

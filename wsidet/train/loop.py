@@ -118,6 +118,11 @@ class TrainConfig:
             raise ValueError(f"schedule must be 'cosine' or 'plateau', got {self.schedule!r}")
         if self.plateau_wait < 1:
             raise ValueError(f"plateau_wait must be >= 1, got {self.plateau_wait}")
+        if self.schedule == "plateau" and self.plateau_wait >= self.patience:
+            raise ValueError(
+                f"plateau_wait ({self.plateau_wait}) must be below patience "
+                f"({self.patience}), or the run stops before its rate ever drops"
+            )
         if self.select_on not in {"f1", "count"}:
             raise ValueError(f"select_on must be 'f1' or 'count', got {self.select_on!r}")
         if min(self.epochs, self.samples_per_epoch, self.batch_size, self.patience) < 1:
