@@ -71,34 +71,12 @@ class Step:
 
     def command(self, device: str, batch: int, out: Path) -> list[str]:
         """The script's command line."""
+        common = ["--out", str(out / self.table), "--device", device, "--batch-size", str(batch)]
         if self.script == "wsidet train":  # the CLI trains until its patience without --minutes
-            return [
-                sys.executable,
-                "-m",
-                "wsidet.cli",
-                "train",
-                *self.args,
-                "--out",
-                str(out / self.table),
-                "--device",
-                device,
-                "--batch-size",
-                str(batch),
-                "--samples-per-epoch",
-                str(max(self.samples, self.samples * batch // 8)),
-            ]
-        return [
-            sys.executable,
-            str(HERE / self.script),
-            *self.args,
-            "--out",
-            str(out / self.table),
-            "--device",
-            device,
-            "--batch-size",
-            str(batch),
-            "--converge",
-        ]
+            per_epoch = str(max(self.samples, self.samples * batch // 8))
+            cli = [sys.executable, "-m", "wsidet.cli", "train"]
+            return [*cli, *self.args, *common, "--samples-per-epoch", per_epoch]
+        return [sys.executable, str(HERE / self.script), *self.args, *common, "--converge"]
 
 
 GENERALISATION_RUNS = (
@@ -107,7 +85,8 @@ GENERALISATION_RUNS = (
 )
 #: The shipped default's recipe (``benchmarks/ship_default.py``), minus what the step adds.
 DEFAULT_RECIPE = (
-    *("--method", "voca", "--param", "width=32", "--one-based", "--seed", "0"),
+    *("--method", "voca", "--param", "width=32", "--one-based", "--image-mpp", "0.5"),
+    *("--seed", "0"),
     *("--images", str(ROOT.parent / "shared/data/crchisto/images")),
     *("--points", str(ROOT.parent / "shared/data/crchisto/detection")),
     *("--patience", "12", "--epochs", "400", "--schedule", "plateau", "--plateau-wait", "4"),

@@ -22,6 +22,7 @@ Results per draw go to ``OUT/METHOD/drawK/``; the summary to
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import random
@@ -79,26 +80,27 @@ def run_draw(name: str, draw: int, out: Path, args: argparse.Namespace) -> dict[
         return [s for p in items for s in load_sources(p, method, image_mpp=method.mpp)]
 
     plan = budget(args, minutes=PLAN[name]["minutes"], samples=PLAN[name]["samples"])
+    config = TrainConfig(
+        epochs=plan.epochs,
+        samples_per_epoch=plan.samples,
+        batch_size=plan.batch_size,
+        patch=128,
+        lr=1e-3,
+        patience=plan.patience,
+        schedule=plan.schedule,
+        plateau_wait=plan.plateau_wait,
+        seed=draw,
+        device=args.device,
+        # Fluorescence, not H&E: flips and intensity, no stain jitter.
+        augment=Augment(hed=0.0, intensity=0.1),
+        select_on="count",
+        max_minutes=plan.max_minutes,
+    )
     result = train(
         method,
         load(fit),
         load(val),
-        TrainConfig(
-            epochs=plan.epochs,
-            samples_per_epoch=plan.samples,
-            batch_size=plan.batch_size,
-            patch=128,
-            lr=1e-3,
-            patience=plan.patience,
-            schedule=plan.schedule,
-            plateau_wait=plan.plateau_wait,
-            seed=draw,
-            device=args.device,
-            # Fluorescence, not H&E: flips and intensity, no stain jitter.
-            augment=Augment(hed=0.0, intensity=0.1),
-            select_on="count",
-            max_minutes=plan.max_minutes,
-        ),
+        config,
         out,
         resume=True,
         on_epoch=lambda log: print(f"  {name} draw {draw}: {log}", flush=True),
@@ -107,24 +109,18 @@ def run_draw(name: str, draw: int, out: Path, args: argparse.Namespace) -> dict[
     weights, minutes, epochs = result.weights, sum(h.seconds for h in result.history) / 60, 0
     if args.whole_image_epochs:
         # The paper's second stage: fine-tune on whole images (here 256², all 32 twice an
-        # epoch), from the patch stage's best weights, at a tenth of the rate.
+        # epoch), from the patch stage's best weights, at a tenth of the rate, untimed.
         whole = train(
             method,
             load(fit),
             load(val),
-            TrainConfig(
+            dataclasses.replace(
+                config,
                 epochs=args.whole_image_epochs,
                 samples_per_epoch=2 * N_TRAIN * max(1, plan.batch_size // 8),
-                batch_size=plan.batch_size,
                 patch=256,
                 lr=1e-4,
-                patience=plan.patience,
-                schedule=plan.schedule,
-                plateau_wait=plan.plateau_wait,
-                seed=draw,
-                device=args.device,
-                augment=Augment(hed=0.0, intensity=0.1),
-                select_on="count",
+                max_minutes=None,
             ),
             out / "whole-image",
             resume=True,
