@@ -127,6 +127,8 @@ def run(args: argparse.Namespace) -> None:
             sys.exit("run --variant baseline first: whole-image fine-tuning starts from it")
         # Two passes over the 32 whole images per epoch, as the paper's second stage.
         config = dataclasses.replace(config, patch=256, samples_per_epoch=64, lr=1e-4)
+    if args.variant.endswith("ema"):
+        config = dataclasses.replace(config, ema=0.95)
     out = args.out / args.variant
     start = time.perf_counter()
 
@@ -194,7 +196,7 @@ def report(args: argparse.Namespace) -> None:
         sys.exit(f"nothing to report under {args.out}")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     offset = 0
-    for name in ("baseline", "whole", "whole-reflect", "blue"):
+    for name in ("baseline", "whole", "whole-reflect", "whole-reflect-ema", "blue"):
         if name not in runs:
             continue
         h = runs[name]["history"]
@@ -247,7 +249,9 @@ def report(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--variant", choices=("baseline", "blue", "whole", "whole-reflect"))
+    parser.add_argument(
+        "--variant", choices=("baseline", "blue", "whole", "whole-reflect", "whole-reflect-ema")
+    )
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--method", default="fcrn_a", choices=("fcrn_a", "fcrn_b"))
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "fcrn-diagnosis")

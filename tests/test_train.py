@@ -682,3 +682,22 @@ def test_a_plateau_run_decays_on_its_logged_improvements(tmp_path: Path) -> None
         TrainConfig(schedule="linear")
     with pytest.raises(ValueError, match="before its rate ever drops"):
         TrainConfig(schedule="plateau", plateau_wait=5, patience=5)
+
+
+def test_an_averaged_run_validates_and_saves_the_moving_average(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    method, sources = resume_setup()
+    # One epoch of two steps: the first validation always improves, so its weights are kept.
+    result = train(method, sources[:1], sources[1:], small_config(1, ema=0.5), tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    raw = state["network"]
+    average = {k[len("module.") :]: v for k, v in state["ema"].items() if k.startswith("module.")}
+    assert average.keys() == raw.keys() and int(state["ema"]["n_averaged"]) == 2
+    assert result.history[0].improved
+    assert any(not torch.equal(average[k], raw[k]) for k in raw if raw[k].is_floating_point())
+    saved = load_file(str(result.weights))
+    assert saved.keys() == raw.keys()
+    assert all(torch.equal(saved[k], average[k].contiguous()) for k in saved)
+    with pytest.raises(ValueError, match="ema"):
+        TrainConfig(ema=1.0)
