@@ -8,9 +8,13 @@ sets", the paper's Table 1). The size of the validation set is not given; each d
 error, and never looks at 101-200 before testing. The count of a test image is the integral of
 the predicted density (/100).
 
-Deviations: AdamW (lr 1e-3, cosine schedule) rather than the paper's SGD with momentum and
-step decay; 128 px patches rather than 100 px; a CPU time budget per draw (PLAN, scaled by
---budget-scale) rather than a fixed number of epochs.
+Two stages, as the paper's: random 128² patches (cosine schedule under a CPU time budget per
+draw, PLAN × --budget-scale, or with --converge until the validation count stops improving,
+the rate dropping tenfold on plateaus), then ``--whole-image-epochs`` (default 8) on the whole
+256² images at lr 1e-4, kept only if it beats the first stage on the validation images.
+Targets mirror the dots at the image edges (``edges="reflect"``), so an image's target
+integrates to its dot count (``docs/recipe-check.md`` has the diagnosis behind both).
+Deviations: AdamW rather than the paper's SGD with momentum; 128 px patches rather than 100 px.
 
 Results per draw go to ``OUT/METHOD/drawK/``; the summary to
 ``benchmarks/results/vgg_cells.json``. Finished draws are skipped on a rerun.
@@ -182,8 +186,9 @@ def main() -> None:
     parser.add_argument(
         "--whole-image-epochs",
         type=int,
-        default=0,
-        help="then fine-tune on whole images for up to N epochs (the paper's second stage)",
+        default=8,
+        help="then fine-tune on whole images for up to N epochs (the paper's second stage; 0: "
+        "skip)",
     )
     parser.add_argument("--device", default=None)
     parser.add_argument("--results", type=Path, default=RESULTS)
