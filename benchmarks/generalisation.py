@@ -288,7 +288,10 @@ def markdown_table(rows: dict[str, Any]) -> str:
                     return "—"
                 return f"{r['precision']:.3f} / {r['recall']:.3f} / **{r['f1']:.3f}**"
 
-            trained = ", ".join(exp.train) or "CRCHisto only (shipped before)"
+            start = {None: "from scratch", "bundled": "from the CRCHisto weights"}.get(
+                exp.init, f"from {exp.init}"
+            )
+            trained = f"{', '.join(exp.train)} ({start})" if exp.train else "CRCHisto only"
             minutes = row.get("training_minutes") or 0.0
             budget = f"{minutes:.0f} min, {row['hardware']}" if exp.train else "—"
             caveat = NOT_TESTS.get((name, test))

@@ -42,6 +42,8 @@ PATCH = 128
 CRCHISTO_VAL = 13 * 500 * 500  # 15 % of a 50-image fold
 VGG_VAL = 8 * 256 * 256
 GEN_VAL = 40 * 500 * 500  # 15 % of each source, about 10 Mpx in all
+#: VGG's whole-image stage: 8 epochs of 64 images of 256², each four 128² patches.
+WHOLE_IMAGE_STAGE = 8 * 64 * 4
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ class Step:
     table: str
     #: The method's parameters as the step trains it (e.g. width), for the FLOP count.
     params: tuple[tuple[str, int], ...] = ()
+    #: Further 128²-patch equivalents per run after the epochs (VGG's whole-image stage).
+    extra_patches: int = 0
 
     @property
     def method_trains(self) -> bool:
@@ -125,6 +129,7 @@ STEPS: tuple[Step, ...] = (
         40,
         VGG_VAL,
         "vgg",
+        extra_patches=WHOLE_IMAGE_STAGE,
     ),
     Step(
         "vgg/fcrn_b",
@@ -136,6 +141,7 @@ STEPS: tuple[Step, ...] = (
         40,
         VGG_VAL,
         "vgg",
+        extra_patches=WHOLE_IMAGE_STAGE,
     ),
     _crchisto("voca", 2048, 25),
     _crchisto("mapde", 1024, 40),  # 256 patches of 256², as many pixels as 1024 of 128²
@@ -233,12 +239,14 @@ def estimate(step: Step, speeds: dict[str, Any], gpu_tflops: float, batch: int) 
     train_flops, val_flops_px = flops(step.method, step.params)
     samples = step.samples * max(1, batch // 8)
     total = step.runs * step.epochs * (samples * train_flops + step.val_pixels * val_flops_px)
+    total += step.runs * step.extra_patches * train_flops
     cpu_hours = None
     if step.method in speeds:
         s = speeds[step.method]
         per_epoch = step.samples / 8 * s["seconds_per_step"]
         per_epoch += step.val_pixels / 1e6 * s["seconds_per_val_mpx"]
-        cpu_hours = step.runs * step.epochs * per_epoch / 3600
+        extra = step.extra_patches / 8 * s["seconds_per_step"]
+        cpu_hours = step.runs * (step.epochs * per_epoch + extra) / 3600
     return {
         "tflop": total / 1e12,
         "cpu_hours": cpu_hours,
