@@ -235,7 +235,7 @@ def calibrate(methods: dict[str, tuple[tuple[str, int], ...]], steps: int = 3) -
 def estimate(step: Step, speeds: dict[str, Any], gpu_tflops: float, batch: int) -> dict[str, Any]:
     """The step's FLOPs, CPU hours (if calibrated) and GPU minutes (assumed rate)."""
     if not step.method_trains:  # a threshold sweep over the training fold
-        return {"tflop": 0.0, "cpu_hours": None, "gpu_minutes": 0.0}
+        return {"tflop": 0.0, "cpu_hours": 0.0, "gpu_minutes": 0.0}
     train_flops, val_flops_px = flops(step.method, step.params)
     samples = step.samples * max(1, batch // 8)
     total = step.runs * step.epochs * (samples * train_flops + step.val_pixels * val_flops_px)
@@ -276,6 +276,8 @@ def print_plan(rows: list[dict[str, Any]], gpu_tflops: float) -> None:
     def fmt(x: float | None, spec: str) -> str:
         return "not calibrated" if x is None else format(x, spec)
 
+    # The CPU plan trains batches of 8; the GPU plan batches of 64 with 8x the patches an epoch.
+    print(f"{'':46} {'':>4} {'':>6} {'GPU plan':>8} {'CPU plan':>8} {'GPU plan':>8}")
     print(f"{'step':46} {'runs':>4} {'epochs':>6} {'TFLOP':>8} {'CPU h':>8} {'GPU min':>8}")
     for r in rows:
         print(
