@@ -23,7 +23,7 @@ curves ``benchmarks/results/fcrn_a-curves.png``.
 
     python benchmarks/diagnose_fcrn.py --variant baseline [--epochs 80] [--patience 15]
     python benchmarks/diagnose_fcrn.py --variant whole      # after baseline; whole-reflect
-    python benchmarks/diagnose_fcrn.py --report
+    python benchmarks/diagnose_fcrn.py --report     # needs matplotlib: pip install -e ".[bench]"
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def report(args: argparse.Namespace) -> None:
     if not runs:
         sys.exit(f"nothing to report under {args.out}")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    offset = 0
+    draw = next(iter(runs.values()))["draw"]
     for name in ("baseline", "whole", "whole-reflect", "whole-reflect-ema", "blue"):
         if name not in runs:
             continue
@@ -206,12 +206,11 @@ def report(args: argparse.Namespace) -> None:
         epochs = [start + r["epoch"] for r in h]
         for ax, key in zip(axes, ("test", "train"), strict=True):
             ax.plot(epochs, [r["monitor"][key]["count_mae"] for r in h], label=name)
-        offset = max(offset, epochs[-1])
     for ax, key in zip(axes, ("test (101-200)", "training (the 32 images)"), strict=True):
         ax.axhline(PUBLISHED_MAE, color="k", ls="--", lw=1, label="paper 2.9")
         ax.set_xlabel("epoch (512 patches of 128², or 64 whole images)")
         ax.set_ylabel("count MAE (cells per image)")
-        ax.set_title(f"FCRN-A, VGG cells, draw 0: {key}")
+        ax.set_title(f"FCRN-A, VGG cells, draw {draw}: {key}")
         ax.set_ylim(0, None)
         ax.legend()
     fig.tight_layout()
@@ -264,6 +263,8 @@ def main() -> None:
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"VGG cells not found at {DATA}")
+    if not (args.variant or args.report):
+        parser.error("give --variant NAME to train, --report to write the results, or both")
     if args.variant:
         run(args)
     if args.report:
