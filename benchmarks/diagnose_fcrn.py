@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from generalisation import hardware
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "vgg_cells"
@@ -165,22 +166,11 @@ def run(args: argparse.Namespace) -> None:
         "wall_minutes_this_call": (time.perf_counter() - start) / 60,
         "target_floor_test_cut_edges": target_floor(method, test_sources),
         "target_floor_train_cut_edges": target_floor(method, train_sources),
-        "hardware": hardware(args.device),
+        "hardware": hardware(args.device or "cpu"),
         "date": time.strftime("%Y-%m-%d"),
         "command": "python " + " ".join(sys.argv),
     }
     (out / "diagnosis.json").write_text(json.dumps(summary, indent=2) + "\n")
-
-
-def hardware(device: str | None) -> str:
-    import torch
-
-    if device and device.startswith("cuda"):
-        return torch.cuda.get_device_name(0)
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    model = next((x.split(":", 1)[1].strip() for x in info.splitlines() if "model name" in x), "")
-    simd = " (AVX-512)" if "avx512f" in info else " (AVX2)" if "avx2" in info else ""
-    return f"{model or 'CPU'}{simd}, {torch.get_num_threads()} threads (CPU)"
 
 
 def report(args: argparse.Namespace) -> None:
