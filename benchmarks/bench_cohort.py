@@ -41,9 +41,9 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from make_synthetic_slide import build
 
-    from wsidet.cluster import available_cores, close_client, start_client
-    from wsidet.cohort import run_cohort
-    from wsidet.pyramid import write_pyramid
+    from wsidet.cohort.cluster import available_cores, close_client, start_client
+    from wsidet.cohort.run import run_cohort
+    from wsidet.slide.pyramid import write_pyramid
     from wsidet.weights import resolve_method
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

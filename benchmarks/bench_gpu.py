@@ -32,16 +32,16 @@ DEFAULT_SLIDE = ROOT / "bench-out" / "synthetic-40k-40x.tif"
 
 
 def main() -> None:
-    from wsidet.heap import configure_heap
+    from wsidet.inference.heap import configure_heap
 
     configure_heap()
     import dask
     import numpy as np
     import torch
 
-    from wsidet.engine import DetectorSpec
-    from wsidet.pipeline import detect_slide, tissue_blocks
-    from wsidet.slide import open_slide
+    from wsidet.inference.detector import DetectorSpec
+    from wsidet.inference.pipeline import detect_slide, tissue_blocks
+    from wsidet.slide.wsi import open_slide
     from wsidet.tiling import DEFAULT_CHUNK, Grid
     from wsidet.weights import resolve_method
 

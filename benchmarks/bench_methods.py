@@ -26,7 +26,7 @@ SAMPLE = ROOT / "examples" / "data" / "CMU-1-Small-Region.svs"
 
 def tissue_block(size: int) -> np.ndarray:
     """A ``size × size`` RGB block of real tissue (the sample slide, mirrored to fill)."""
-    from wsidet.slide import open_slide
+    from wsidet.slide.wsi import open_slide
 
     slide = open_slide(SAMPLE)
     image = slide.read_region(0, 0, *slide.shape)
@@ -38,7 +38,7 @@ def tissue_block(size: int) -> np.ndarray:
 def main() -> None:
     import torch
 
-    from wsidet.engine import DEFAULT_TILE, Detector
+    from wsidet.inference.detector import DEFAULT_TILE, Detector
     from wsidet.methods import get_method, list_methods
     from wsidet.tiling import DEFAULT_CHUNK
 

@@ -139,7 +139,7 @@ def main() -> None:
     if code is not None and not Path(wsidet.__file__).is_relative_to(code):
         raise SystemExit(f"--code {code}: imported wsidet from {wsidet.__file__}")
     try:  # as `wsidet run` does, before any thread starts, where this version does it
-        from wsidet.heap import configure_heap
+        from wsidet.inference.heap import configure_heap
 
         configure_heap()
     except ImportError:
@@ -150,11 +150,11 @@ def main() -> None:
     import dask
     import torch
 
-    from wsidet.engine import DetectorSpec
-    from wsidet.io import write_detections
+    from wsidet.inference.detector import DetectorSpec
+    from wsidet.inference.pipeline import detect_slide, tissue_blocks
     from wsidet.methods import DEFAULT_METHOD
-    from wsidet.pipeline import detect_slide, tissue_blocks
-    from wsidet.slide import open_slide
+    from wsidet.output.detections import write_detections
+    from wsidet.slide.wsi import open_slide
     from wsidet.tiling import DEFAULT_CHUNK, Grid
     from wsidet.weights import resolve_method
 
@@ -192,7 +192,7 @@ def main() -> None:
         args.repeat,
     )
 
-    from wsidet.engine import DEFAULT_TILE
+    from wsidet.inference.detector import DEFAULT_TILE
 
     tile = args.tile or DEFAULT_TILE
     options: dict[str, Any] = {"precision": args.precision} if args.precision else {}

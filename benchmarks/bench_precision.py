@@ -30,16 +30,16 @@ OUT = ROOT / "benchmarks" / "results" / "precision.json"
 
 
 def main() -> None:
-    from wsidet.heap import configure_heap
+    from wsidet.inference.heap import configure_heap
 
     configure_heap()
-    from wsidet.engine import Detector
-    from wsidet.evaluate import Predictions, evaluate_predictions, predict
-    from wsidet.metrics import match_points
-    from wsidet.pipeline import detect_slide
-    from wsidet.precision import native_cpu_formats
-    from wsidet.train.dataset import load_sources
-    from wsidet.train.sources import find_pairs
+    from wsidet.annotations.files import find_pairs
+    from wsidet.annotations.sources import load_sources
+    from wsidet.evaluation.evaluate import Predictions, evaluate_predictions, predict
+    from wsidet.evaluation.metrics import match_points
+    from wsidet.inference.detector import Detector
+    from wsidet.inference.pipeline import detect_slide
+    from wsidet.inference.precision import native_cpu_formats
     from wsidet.weights import resolve_method
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -23,16 +23,16 @@ import numpy as np
 
 
 def main() -> None:
-    from wsidet.heap import configure_heap
+    from wsidet.inference.heap import configure_heap
 
     configure_heap()
     import dask.array as da
     import pandas as pd
 
-    from wsidet.engine import DetectorSpec
-    from wsidet.metrics import match_points
-    from wsidet.pipeline import detect_array
-    from wsidet.slide import open_slide
+    from wsidet.evaluation.metrics import match_points
+    from wsidet.inference.detector import DetectorSpec
+    from wsidet.inference.pipeline import detect_array
+    from wsidet.slide.wsi import open_slide
     from wsidet.tiling import Grid
     from wsidet.weights import resolve_method
 

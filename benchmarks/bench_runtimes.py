@@ -4,7 +4,7 @@ Each runtime runs the bundled VOCA network (batch norms folded, as wsidet runs i
 same random 1456 x 1456 input (a 1280 px model tile with its margins), interleaved round by
 round, medians over ``--repeat`` rounds; the maps are compared with torch's (max absolute
 difference). Torch runs as ``wsidet run`` does: channels-last, heap configured
-(:mod:`wsidet.heap`). ONNX Runtime and OpenVINO are optional (``pip install onnxruntime
+(:mod:`wsidet.inference.heap`). ONNX Runtime and OpenVINO are optional (``pip install onnxruntime
 openvino``); a missing one is reported, not an error.
 
     python benchmarks/bench_runtimes.py --repeat 5
@@ -24,12 +24,12 @@ import numpy as np
 
 
 def main() -> None:
-    from wsidet.heap import configure_heap
+    from wsidet.inference.heap import configure_heap
 
     configure_heap()
     import torch
 
-    from wsidet.engine import Detector
+    from wsidet.inference.detector import Detector
     from wsidet.weights import resolve_method
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

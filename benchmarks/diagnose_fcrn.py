@@ -75,7 +75,7 @@ class BlueSource:
 
 def vgg_split(draw: int) -> tuple[list[Any], list[Any], list[Any]]:
     """Training, validation and test pairs of one draw (as ``reproduce_vgg.py``)."""
-    from wsidet.train.sources import find_pairs, select_fold
+    from wsidet.annotations.files import find_pairs, select_fold
 
     pairs = find_pairs(DATA / "images", DATA / "points")
     pool = select_fold(pairs, DATA / "splits.csv", "train_pool")
@@ -94,9 +94,9 @@ def target_floor(method: Any, sources: list[Any]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> None:
+    from wsidet.annotations.sources import load_sources
     from wsidet.methods import get_method
     from wsidet.train.augment import Augment
-    from wsidet.train.dataset import load_sources
     from wsidet.train.loop import TrainConfig, train
 
     method = get_method(args.method, edges="reflect" if "reflect" in args.variant else "cut")

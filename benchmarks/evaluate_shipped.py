@@ -23,11 +23,11 @@ SAMPLE = ROOT / "examples" / "data" / "CMU-1-Small-Region.svs"
 
 
 def main() -> None:
-    from wsidet.engine import Detector
-    from wsidet.evaluate import Predictions, evaluate_predictions, predict
-    from wsidet.pipeline import detect_slide
-    from wsidet.train.dataset import load_sources
-    from wsidet.train.sources import find_pairs
+    from wsidet.annotations.files import find_pairs
+    from wsidet.annotations.sources import load_sources
+    from wsidet.evaluation.evaluate import Predictions, evaluate_predictions, predict
+    from wsidet.inference.detector import Detector
+    from wsidet.inference.pipeline import detect_slide
     from wsidet.weights import (
         bundled_methods,
         bundled_weights,

@@ -217,8 +217,8 @@ def train_one(name: str, exp: Experiment, args: argparse.Namespace, sets: dict[s
 def evaluate_one(
     name: str, exp: Experiment, weights: Path, args: argparse.Namespace, sets: dict[str, Any]
 ) -> dict[str, Any]:
-    from wsidet.engine import Detector
-    from wsidet.evaluate import evaluate_predictions, predict
+    from wsidet.evaluation.evaluate import evaluate_predictions, predict
+    from wsidet.inference.detector import Detector
     from wsidet.weights import method_from_weights, stain_reference
 
     method = method_from_weights(weights, "voca")
@@ -326,7 +326,7 @@ def main() -> None:
         "--resume-finished", action="store_true", help="continue runs that already finished"
     )
     args = parser.parse_args()
-    from wsidet.heap import configure_heap
+    from wsidet.inference.heap import configure_heap
 
     configure_heap()
     sets = datasets(args.data)

@@ -24,7 +24,7 @@ MPP = 0.252
 
 
 def main() -> None:
-    from wsidet.pyramid import write_pyramid
+    from wsidet.slide.pyramid import write_pyramid
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from wsidet.pyramid import write_pyramid
-from wsidet.slide import open_slide
+from wsidet.slide.pyramid import write_pyramid
+from wsidet.slide.wsi import open_slide
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "examples" / "data" / "CMU-1-Small-Region.svs"

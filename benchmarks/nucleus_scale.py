@@ -1,10 +1,10 @@
-"""Calibrate and check the pixel-size estimate from nucleus scale (wsidet.nucleus_scale).
+"""Calibrate and check the pixel-size estimate from nucleus scale (wsidet.slide.nucleus_scale).
 
 1. The characteristic σ (µm) of every image of the datasets of known pixel size
    (CRCHisto 0.5 µm/px, MoNuSeg 0.252 µm/px): NUCLEUS_SIGMA_UM is their geometric mean.
 2. CoNSeP's pixel size, which its tiles do not state: the LoG σ of its annotated nuclei
    against CRCHisto's annotated nuclei (same hospital, same tissue), and its characteristic σ.
-3. The slide estimate (wsidet.scale_check.estimate_slide_mpp) on the sample slide, on it
+3. The slide estimate (wsidet.slide.scale_check.estimate_slide_mpp) on the sample slide, on it
    resampled to 2× and 1/2× its pixel size, and on the 40× MoNuSeg slide when it exists
    (benchmarks/make_monuseg_slide.py).
 
@@ -39,7 +39,7 @@ def _rgb(path: str | Path) -> Any:
 
 
 def characteristic(images: list[str], mpp: float) -> dict[str, Any]:
-    from wsidet.nucleus_scale import characteristic_sigma, scale_energy
+    from wsidet.slide.nucleus_scale import characteristic_sigma, scale_energy
 
     values = np.array([characteristic_sigma(scale_energy(_rgb(p))) * mpp for p in images])
     values = values[np.isfinite(values)]
@@ -51,8 +51,8 @@ def characteristic(images: list[str], mpp: float) -> dict[str, Any]:
 
 
 def annotated(images: list[str], points: list[str], mpp: float, one_based: bool) -> float:
-    from wsidet.nucleus_scale import blob_sigmas
-    from wsidet.train.sources import read_points
+    from wsidet.annotations.files import read_points
+    from wsidet.slide.nucleus_scale import blob_sigmas
 
     per_image = []
     for image, pts in zip(images, points, strict=True):
@@ -66,8 +66,8 @@ def resampled_slide(source: Path, factor: float, out: Path) -> tuple[Path, float
     """The sample slide resampled by ``factor`` (2: pixels twice as large) as a tiled TIFF."""
     import tifffile
 
-    from wsidet.resample import resample_weights, resample_window, resampled_size
-    from wsidet.slide import open_slide
+    from wsidet.slide.resample import resample_weights, resample_window, resampled_size
+    from wsidet.slide.wsi import open_slide
 
     slide = open_slide(source)
     assert slide.mpp is not None
@@ -81,9 +81,9 @@ def resampled_slide(source: Path, factor: float, out: Path) -> tuple[Path, float
 
 
 def main() -> None:
-    from wsidet.nucleus_scale import NUCLEUS_SIGMA_UM
-    from wsidet.scale_check import estimate_slide_mpp
-    from wsidet.slide import open_slide
+    from wsidet.slide.nucleus_scale import NUCLEUS_SIGMA_UM
+    from wsidet.slide.scale_check import estimate_slide_mpp
+    from wsidet.slide.wsi import open_slide
 
     start = time.perf_counter()
     crc = [str(DATA / f"crchisto/images/img{i}.png") for i in range(1, 101)]

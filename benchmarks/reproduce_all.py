@@ -198,7 +198,7 @@ def calibrate(methods: dict[str, tuple[tuple[str, int], ...]], steps: int = 3) -
     import numpy as np
     import torch
 
-    from wsidet.engine import Detector
+    from wsidet.inference.detector import Detector
     from wsidet.methods import get_method
 
     speeds = {}

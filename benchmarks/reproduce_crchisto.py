@@ -59,14 +59,19 @@ PUBLISHED = {
 
 
 def run_fold(name: str, fold: int, out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from wsidet.engine import Detector
-    from wsidet.evaluate import choose_threshold, evaluate_predictions, predict, write_pr_curve
-    from wsidet.evaluate import sweep as threshold_sweep
+    from wsidet.annotations.files import find_pairs, select_fold
+    from wsidet.annotations.sources import load_sources
+    from wsidet.evaluation.evaluate import (
+        choose_threshold,
+        evaluate_predictions,
+        predict,
+        write_pr_curve,
+    )
+    from wsidet.evaluation.evaluate import sweep as threshold_sweep
+    from wsidet.inference.detector import Detector
     from wsidet.methods import get_method
     from wsidet.train.augment import Augment
-    from wsidet.train.dataset import load_sources
     from wsidet.train.loop import TrainConfig, train
-    from wsidet.train.sources import find_pairs, select_fold
     from wsidet.weights import method_from_weights
 
     plan = PLAN[name]
@@ -156,7 +161,7 @@ NOTES = {
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically: a results file is never left half-written."""
-    from wsidet.io import atomic_path
+    from wsidet.output.files import atomic_path
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, overwrite=True) as tmp:

@@ -51,7 +51,7 @@ PLAN = {
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically: a results file is never left half-written."""
-    from wsidet.io import atomic_path
+    from wsidet.output.files import atomic_path
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, overwrite=True) as tmp:
@@ -63,13 +63,13 @@ N_TRAIN, N_VAL = 32, 8
 
 
 def run_draw(name: str, draw: int, out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from wsidet.engine import Detector
-    from wsidet.evaluate import evaluate_predictions, predict
+    from wsidet.annotations.files import find_pairs, select_fold
+    from wsidet.annotations.sources import load_sources
+    from wsidet.evaluation.evaluate import evaluate_predictions, predict
+    from wsidet.inference.detector import Detector
     from wsidet.methods import get_method
     from wsidet.train.augment import Augment
-    from wsidet.train.dataset import load_sources
     from wsidet.train.loop import TrainConfig, train
-    from wsidet.train.sources import find_pairs, select_fold
     from wsidet.weights import method_from_weights
 
     method = get_method(name)

@@ -28,7 +28,7 @@ def parse_params(items: Sequence[str]) -> dict[str, str]:
 
 
 def formats_arg(text: str) -> list[str]:
-    from wsidet.io import FORMATS
+    from wsidet.output.detections import FORMATS
 
     formats = [f.strip().lower() for f in text.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]

@@ -36,10 +36,10 @@ EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 
 def build_parser() -> argparse.ArgumentParser:
     from wsidet import limits
-    from wsidet.cluster import DEFAULT_DASHBOARD
-    from wsidet.engine import DEFAULT_TILE
+    from wsidet.cohort.cluster import DEFAULT_DASHBOARD
+    from wsidet.inference.detector import DEFAULT_TILE
+    from wsidet.inference.precision import PRECISIONS
     from wsidet.methods import DEFAULT_METHOD
-    from wsidet.precision import PRECISIONS
     from wsidet.tiling import DEFAULT_CHUNK
 
     parser = OneLineParser(
@@ -217,8 +217,8 @@ def _gpus(args: argparse.Namespace, cluster: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from wsidet.cluster import close_client, start_client
-    from wsidet.cohort import CohortProgress, find_slides, run_cohort
+    from wsidet.cohort.cluster import close_client, start_client
+    from wsidet.cohort.run import CohortProgress, find_slides, run_cohort
     from wsidet.weights import resolve_method
 
     method, weights = resolve_method(
@@ -230,7 +230,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import geopandas  # noqa: F401
     import torch  # noqa: F401
 
-    from wsidet.io import output_paths
+    from wsidet.output.detections import output_paths
 
     cluster = args.cluster
     if cluster == "auto":
@@ -330,8 +330,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from wsidet.scale_check import estimate_slide_mpp, mpp_disagreement
-    from wsidet.slide import open_slide
+    from wsidet.slide.scale_check import estimate_slide_mpp, mpp_disagreement
+    from wsidet.slide.wsi import open_slide
 
     slide = open_slide(args.slide, mpp=args.mpp)
     info = slide.info()
@@ -377,7 +377,7 @@ def _error(exc: BaseException, context: str | None = None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from wsidet.heap import configure_heap
+    from wsidet.inference.heap import configure_heap
 
     # JPEG tiles are decoded by dask's threads; more decoder threads per read oversubscribe.
     os.environ.setdefault("TIFFSLIDE_NUM_DECODE_THREADS", "1")

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from wsidet.inference.precision import PRECISIONS
 from wsidet.limits import MPP
-from wsidet.precision import PRECISIONS
 
 from .args import PICKLE_HELP, bounded, limited, parse_params
 
@@ -184,7 +184,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def _pairs(args: argparse.Namespace) -> list[Any]:
-    from wsidet.train.sources import find_pairs, select_fold
+    from wsidet.annotations.files import find_pairs, select_fold
 
     if not args.images or not args.points:
         raise ValueError(
@@ -216,10 +216,10 @@ def _data_record(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from wsidet.annotations.sources import load_sources
     from wsidet.errors import WeightsError
     from wsidet.methods import get_method
     from wsidet.train.augment import Augment
-    from wsidet.train.dataset import load_sources
     from wsidet.train.loop import TrainConfig, train
     from wsidet.weights import bundled_weights, method_from_weights
 
@@ -338,9 +338,9 @@ def _image_mpp(args: argparse.Namespace, pairs: list[Any]) -> float:
     """The images' pixel size: --image-mpp, else the one the slides state (all the same)."""
     if args.image_mpp is not None:
         return float(args.image_mpp)
-    from wsidet.slide import open_slide
-    from wsidet.train.dataset import plain_image_without_mpp
-    from wsidet.train.sources import SLIDE_SUFFIXES, AnnotationError
+    from wsidet.annotations.files import SLIDE_SUFFIXES, AnnotationError
+    from wsidet.annotations.sources import plain_image_without_mpp
+    from wsidet.slide.wsi import open_slide
 
     found = set()
     for pair in pairs:
@@ -358,11 +358,11 @@ def _image_mpp(args: argparse.Namespace, pairs: list[Any]) -> float:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from wsidet.engine import Detector
+    from wsidet.annotations.sources import load_sources
     from wsidet.errors import WeightsError
-    from wsidet.evaluate import evaluate_predictions, predict, sweep, write_pr_curve
-    from wsidet.io import atomic_path
-    from wsidet.train.dataset import load_sources
+    from wsidet.evaluation.evaluate import evaluate_predictions, predict, sweep, write_pr_curve
+    from wsidet.inference.detector import Detector
+    from wsidet.output.files import atomic_path
     from wsidet.weights import resolve_method, resolve_stain
 
     # Weights fix the method; a trainable method alone (or nothing named: wsidet's default)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from tests.synthetic import GLASS, blob_image, random_points
-from wsidet.pyramid import write_pyramid
+from wsidet.slide.pyramid import write_pyramid
 
 # Deterministic by default, so the README's test command is CI's and a red run reproduces;
 # HYPOTHESIS_PROFILE=random explores new examples.

@@ -30,8 +30,8 @@ from wsidet.cli.main import main
 
 from tests.conftest import make_blob_slide
 from wsidet.errors import PartialCohortWarning
-from wsidet.io import read_detections
 from wsidet.methods import get_method
+from wsidet.output.detections import read_detections
 
 EXE = Path(sys.executable).with_name("wsidet")
 
@@ -48,7 +48,7 @@ def wsidet(
 def assert_one_error_line(code: int, err: str, *fragments: str, status: int = 1) -> str:
     assert code == status, err
     # The synthetic slides' discs are larger than H&E nuclei: the good slides among the bad
-    # ones may be warned about their pixel size (wsidet.scale_check), on lines of their own.
+    # ones may be warned about their pixel size (wsidet.slide.scale_check), on lines of their own.
     lines = [x for x in err.strip().splitlines() if not x.startswith("wsidet: warning: ")]
     assert len(lines) == 1, err
     assert "Traceback" not in err
@@ -445,7 +445,7 @@ def test_local_clusters_listen_on_this_machine_only(layout, monkeypatch) -> None
     """An unauthenticated dask scheduler runs any code it is sent: never on 0.0.0.0."""
     import distributed
 
-    from wsidet.cluster import close_client, gpu_cluster, start_client
+    from wsidet.cohort.cluster import close_client, gpu_cluster, start_client
 
     if layout == "cpu":
         client, _ = start_client("local", workers=1, threads_per_worker=1)

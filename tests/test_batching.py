@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsidet.batching import TileBatcher, run_tiles
+from wsidet.inference.batching import TileBatcher, run_tiles
 
 
 def fake_network(batch: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -88,7 +88,7 @@ def test_a_detector_sharing_batches_finds_what_it_finds_alone() -> None:
     import numpy as np
 
     from tests.synthetic import blob_image, random_points
-    from wsidet.engine import Detector
+    from wsidet.inference.detector import Detector
     from wsidet.methods import get_method
 
     method = get_method("voca", width=4, threshold=0.0)

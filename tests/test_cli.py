@@ -15,8 +15,8 @@ from safetensors.torch import save_file
 from wsidet.cli.main import main
 
 from tests.conftest import BlobSlide, make_blob_slide
-from wsidet.io import read_detections
-from wsidet.slide import open_slide
+from wsidet.output.detections import read_detections
+from wsidet.slide.wsi import open_slide
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -14,13 +14,13 @@ import pandas as pd
 import pytest
 
 from tests.conftest import make_blob_slide
-from wsidet.cohort import CohortError, CohortProgress, find_slides, read_manifest, run_cohort
-from wsidet.engine import QUANTUM
+from wsidet.cohort.run import CohortError, CohortProgress, find_slides, read_manifest, run_cohort
 from wsidet.errors import PartialCohortWarning
-from wsidet.io import read_detections
+from wsidet.evaluation.metrics import match_points
+from wsidet.inference.detector import QUANTUM
+from wsidet.inference.pipeline import detect_slide
 from wsidet.methods import get_method
-from wsidet.metrics import match_points
-from wsidet.pipeline import detect_slide
+from wsidet.output.detections import read_detections
 
 distributed = pytest.importorskip("distributed")
 
@@ -220,16 +220,16 @@ def test_rerun_checks_what_made_the_outputs(cohort, reference, tmp_path) -> None
 
 
 def test_a_failed_write_fails_only_its_slide(cohort, client, tmp_path, monkeypatch) -> None:
-    import wsidet.cohort
+    import wsidet.cohort.run
 
-    real = wsidet.cohort.write_detections
+    real = wsidet.cohort.run.write_detections
 
     def full_disk(frame, out, **kwargs):
         if frame.attrs["wsidet"]["slide"]["slide_id"] == "s1":
             raise OSError(28, "No space left on device")
         return real(frame, out, **kwargs)
 
-    monkeypatch.setattr(wsidet.cohort, "write_detections", full_disk)
+    monkeypatch.setattr(wsidet.cohort.run, "write_detections", full_disk)
     for where, runner in {"here": None, "cluster": client}.items():
         out = tmp_path / where
         summary = run_cohort([cohort], out, method=METHOD, client=runner, **OPTIONS)
@@ -306,7 +306,7 @@ def test_gpu_resource_no_worker_has_is_refused(cohort, client, tmp_path) -> None
 
 def test_one_worker_per_gpu_without_dask_cuda(monkeypatch) -> None:
     """Each GPU worker sees only its own device and offers GPU=1 (checked without GPUs)."""
-    from wsidet.cluster import ClusterError, gpu_cluster
+    from wsidet.cohort.cluster import ClusterError, gpu_cluster
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     with pytest.raises(ClusterError, match="3 GPUs asked for, but 2 are visible"):
@@ -355,8 +355,8 @@ def test_cli_runs_a_folder_on_a_local_cluster(cohort, reference, tmp_path, capfd
 
 
 def test_local_workers_start_with_the_right_environment() -> None:
-    """Threads and heap settings reach worker processes (see wsidet.cluster)."""
-    from wsidet.cluster import close_client, default_layout, start_client
+    """Threads and heap settings reach worker processes (see wsidet.cohort.cluster)."""
+    from wsidet.cohort.cluster import close_client, default_layout, start_client
 
     # Not inherited from this process: the worker plugin must set it.
     os.environ.pop("TIFFSLIDE_NUM_DECODE_THREADS", None)

@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from tests.synthetic import blob_image, random_points
-from wsidet.engine import (
+from wsidet.errors import DeviceError, WeightsError
+from wsidet.inference.detector import (
     QUANTUM,
     Detector,
     DetectorSpec,
@@ -21,11 +22,10 @@ from wsidet.engine import (
     resolve_device,
     weights_hash,
 )
-from wsidet.errors import DeviceError, WeightsError
 from wsidet.methods import get_method
 from wsidet.methods.base import Method
 from wsidet.nets.heads import DictOutput
-from wsidet.peaks import local_maxima, support
+from wsidet.ops.peaks import local_maxima, support
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +95,7 @@ def test_threads_share_one_resident_detector(monkeypatch: pytest.MonkeyPatch) ->
     import threading
     import time
 
-    from wsidet import engine
+    from wsidet.inference import detector as engine
 
     built = []
     real = engine.Detector

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.signal import convolve
 
-from wsidet.filters import convolve_same, convolve_taps
+from wsidet.ops.filters import convolve_same, convolve_taps
 
 
 @settings(max_examples=30)

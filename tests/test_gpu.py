@@ -8,10 +8,10 @@ import torch
 
 from tests.conftest import BlobSlide
 from tests.synthetic import random_points
-from wsidet.engine import Detector
+from wsidet.evaluation.metrics import match_points
+from wsidet.inference.detector import Detector
+from wsidet.inference.pipeline import detect_slide
 from wsidet.methods import get_method, list_methods
-from wsidet.metrics import match_points
-from wsidet.pipeline import detect_slide
 
 pytestmark = [
     pytest.mark.gpu,

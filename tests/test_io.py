@@ -12,14 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wsidet.errors import OutputExistsError
-from wsidet.io import (
-    atomic_path,
+from wsidet.output.detections import (
     detections_frame,
     read_detections,
     write_detections,
     write_geojson,
     write_geoparquet,
 )
+from wsidet.output.files import atomic_path
 
 META = {"slide": {"slide_id": "s1", "mpp": 0.25, "width": 100, "height": 80}, "method": "log"}
 

@@ -14,9 +14,9 @@ from torch.nn import functional as F
 from tests.rf_probe import probe_radius
 from tests.synthetic import random_points
 from wsidet.errors import NotTrainableError, ParameterError, UnknownMethodError
+from wsidet.evaluation.metrics import evaluate_points
 from wsidet.methods import get_method, list_methods, method_class
 from wsidet.methods.base import Method
-from wsidet.metrics import evaluate_points
 from wsidet.nets.fixed import Haematoxylin, LaplacianOfGaussian, gaussian_kernels
 
 METHODS = list_methods()
@@ -185,8 +185,8 @@ def test_parameter_coercion_and_validation() -> None:
 def test_lucy_richardson_equals_scikit_image() -> None:
     from skimage.restoration import richardson_lucy as sk_richardson_lucy
 
-    from wsidet.deconv import richardson_lucy
     from wsidet.nets.mapde import mapping_filter
+    from wsidet.ops.deconv import richardson_lucy
 
     rng = np.random.default_rng(0)
     image = np.clip(rng.random((40, 53)) * 5, 0, None).astype(np.float64)
@@ -201,7 +201,7 @@ def test_lucy_richardson_equals_scikit_image() -> None:
 def test_region_centroids_equal_connected_components() -> None:
     from skimage.measure import label, regionprops
 
-    from wsidet.deconv import region_centroids
+    from wsidet.ops.deconv import region_centroids
 
     rng = np.random.default_rng(3)
     score = np.zeros((60, 70))
@@ -221,7 +221,7 @@ def test_region_centroids_equal_connected_components() -> None:
 def test_large_components_are_decoded_by_peaks_not_per_pixel() -> None:
     from scipy import ndimage
 
-    from wsidet.deconv import region_centroids
+    from wsidet.ops.deconv import region_centroids
 
     yy, xx = torch.meshgrid(torch.arange(60.0), torch.arange(80.0), indexing="ij")
     # Two touching bumps whose thresholded cores merge into one ~30 px wide component.
@@ -236,7 +236,7 @@ def test_large_components_are_decoded_by_peaks_not_per_pixel() -> None:
 
 
 def test_voca_accumulation_equals_a_plain_loop() -> None:
-    from wsidet.accumulate import accumulate, accumulate_reference
+    from wsidet.ops.accumulate import accumulate, accumulate_reference
 
     gen = torch.Generator().manual_seed(0)
     conf = torch.rand(23, 31, generator=gen)
@@ -399,7 +399,7 @@ def test_reflected_density_integrates_to_the_dot_count(
 ) -> None:
     """Dots anywhere in an image, at its edges too: mirrored across the edges, their density
     sums to their number; cut off, it loses what falls outside."""
-    from wsidet.targets import gaussian_density, reflect_at_edges
+    from wsidet.ops.targets import gaussian_density, reflect_at_edges
 
     points = np.array([(fy * (h - 1), fx * (w - 1)) for fy, fx in yx])
     mirrored = reflect_at_edges(points, -0.5, h - 0.5, -0.5, w - 0.5)

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsidet.metrics import evaluate_points, match_points, score_counts
+from wsidet.evaluation.metrics import evaluate_points, match_points, score_counts
 
 
 def test_one_to_one_prefers_more_matches_then_shorter() -> None:

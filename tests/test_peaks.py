@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn import functional as F
 
-from wsidet.peaks import _window_max, local_maxima, support
+from wsidet.ops.peaks import _window_max, local_maxima, support
 
 
 def _reference(score: np.ndarray, m: int, threshold: float) -> set[tuple[int, int]]:
@@ -118,7 +118,7 @@ def test_region_centroids_read_only_their_support(seed, extent, m) -> None:
     Sparse random maps with many ties make small regions, large components (decoded by peaks)
     and plateaus next to each other.
     """
-    from wsidet.deconv import centroid_support, region_centroids
+    from wsidet.ops.deconv import centroid_support, region_centroids
 
     rng = np.random.default_rng(seed)
     score = rng.integers(0, 3, (64, 64)) * (rng.random((64, 64)) < 0.45)

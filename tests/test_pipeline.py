@@ -12,12 +12,12 @@ from safetensors.torch import save_file
 
 from tests.conftest import BlobSlide, make_blob_slide
 from tests.synthetic import GLASS, blob_image, random_points
-from wsidet.engine import QUANTUM, DetectorSpec
+from wsidet.evaluation.metrics import match_points
+from wsidet.inference.detector import QUANTUM, DetectorSpec
+from wsidet.inference.pipeline import detect_array, detect_slide
 from wsidet.methods import get_method, list_methods
-from wsidet.metrics import match_points
-from wsidet.pipeline import detect_array, detect_slide
-from wsidet.pyramid import write_pyramid
-from wsidet.slide import open_slide
+from wsidet.slide.pyramid import write_pyramid
+from wsidet.slide.wsi import open_slide
 from wsidet.tiling import Grid
 
 METHOD = get_method("log")

@@ -12,14 +12,14 @@ from safetensors.torch import save_file
 
 from tests.synthetic import blob_image, random_points
 from tests.test_pipeline import RANDOM_WEIGHT_PARAMS, assert_same_points
-from wsidet.engine import DetectorSpec
 from wsidet.errors import ParameterError
+from wsidet.evaluation.metrics import match_points
+from wsidet.inference.detector import DetectorSpec
+from wsidet.inference.pipeline import detect_array, detect_slide
+from wsidet.inference.precision import PRECISIONS, check_precision, resolve_precision
 from wsidet.methods import get_method
-from wsidet.metrics import match_points
-from wsidet.pipeline import detect_array, detect_slide
-from wsidet.precision import PRECISIONS, check_precision, resolve_precision
-from wsidet.pyramid import write_pyramid
-from wsidet.slide import open_slide
+from wsidet.slide.pyramid import write_pyramid
+from wsidet.slide.wsi import open_slide
 from wsidet.tiling import Grid
 
 REDUCED = ("bf16", "fp16", "auto")

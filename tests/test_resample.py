@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsidet.resample import resample_weights, resample_window, resampled_size
+from wsidet.slide.resample import resample_weights, resample_window, resampled_size
 
 
 def _resample(image: np.ndarray, factor: float, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:

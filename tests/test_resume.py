@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wsidet.io import detections_frame, output_paths, write_detections
-from wsidet.manifest import MANIFEST, ManifestWriter, SlideResult, load_rows
-from wsidet.methods import get_method
-from wsidet.resume import (
+from wsidet.cohort.resume import (
     differences,
     output_state,
     run_signature,
     slide_fingerprint,
     stored_signature,
 )
+from wsidet.methods import get_method
+from wsidet.output.detections import detections_frame, output_paths, write_detections
+from wsidet.output.manifest import MANIFEST, ManifestWriter, SlideResult, load_rows
 
 LOG = get_method("log")
 

@@ -15,7 +15,7 @@ from wsidet.cli.main import main
 
 from tests.synthetic import blob_image
 from wsidet.errors import MppUnknownError, MppWarning
-from wsidet.nucleus_scale import (
+from wsidet.slide.nucleus_scale import (
     SIGMAS_PX,
     ScaleEstimate,
     blob_sigmas,
@@ -24,15 +24,15 @@ from wsidet.nucleus_scale import (
     peak_sigmas,
     scale_energy,
 )
-from wsidet.resample import resample_weights, resample_window, resampled_size
-from wsidet.scale_check import (
+from wsidet.slide.resample import resample_weights, resample_window, resampled_size
+from wsidet.slide.scale_check import (
     DENSITY_PER_MM2,
     density_problem,
     estimate_slide_mpp,
     mpp_disagreement,
     resolve_mpp,
 )
-from wsidet.slide import open_slide
+from wsidet.slide.wsi import open_slide
 
 
 @settings(max_examples=15)
@@ -141,7 +141,7 @@ def test_auto_keeps_an_agreeing_file_value(sample_slide: Path) -> None:
 
 
 def test_wrong_mpp_warns_in_the_library(sample_slide: Path) -> None:
-    from wsidet.pipeline import plan_slide
+    from wsidet.inference.pipeline import plan_slide
 
     with pytest.warns(MppWarning, match=r"1/2\.\d of the 0\.5\d µm/px"):
         plan = plan_slide(sample_slide, mpp=0.25)
@@ -165,7 +165,7 @@ def test_default_run_at_a_wrong_mpp_warns(
 
     import pandas as pd
 
-    from wsidet.io import read_detections
+    from wsidet.output.detections import read_detections
 
     meta = read_detections(tmp_path / "CMU-1-Small-Region.parquet").attrs["wsidet"]
     assert any("pixel size 0.25" in w for w in meta["warnings"])
@@ -176,7 +176,7 @@ def test_default_run_at_a_wrong_mpp_warns(
 
 def test_no_tissue_no_estimate(blank_slide: Path, tmp_path: Path) -> None:
     from tests.synthetic import GLASS
-    from wsidet.pyramid import write_pyramid
+    from wsidet.slide.pyramid import write_pyramid
 
     slide = open_slide(blank_slide)
     estimate = estimate_slide_mpp(slide)
@@ -200,9 +200,9 @@ def test_glass_and_noise_windows_have_no_scale() -> None:
 
 
 def test_auto_is_recorded_with_its_estimator() -> None:
+    from wsidet.cohort.resume import run_signature
     from wsidet.methods import get_method
-    from wsidet.nucleus_scale import NUCLEUS_SIGMA_UM
-    from wsidet.resume import run_signature
+    from wsidet.slide.nucleus_scale import NUCLEUS_SIGMA_UM
 
     method = get_method("log")
     auto = run_signature("f", method, None, mpp="auto", tissue=True)["mpp"]

@@ -15,9 +15,9 @@ from wsidet.errors import (
     SlideNotFoundError,
     SlideReadError,
 )
-from wsidet.reader import LevelReader, ResampledReader
-from wsidet.resample import resample_weights, resample_window
-from wsidet.slide import Scale, _mpp_from_ome, open_slide
+from wsidet.slide.reader import LevelReader, ResampledReader
+from wsidet.slide.resample import resample_weights, resample_window
+from wsidet.slide.wsi import Scale, _mpp_from_ome, open_slide
 from wsidet.tiling import Grid
 
 
@@ -193,7 +193,7 @@ def test_jpeg_tiles_decoded_smaller_match_the_shrunk_level(
     sample_slide: Path, blob_slide: BlobSlide, reduce: int
 ) -> None:
     """libjpeg's scaled decoding ~ the area mean of the full decode (RGB and YCbCr JPEG)."""
-    from wsidet.reader import LevelReader, ReducedLevelReader
+    from wsidet.slide.reader import LevelReader, ReducedLevelReader
 
     for path in (sample_slide, blob_slide.path):  # Aperio RGB JPEG; tifffile YCbCr JPEG
         assert reduce in open_slide(path).levels[0].reductions

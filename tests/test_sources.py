@@ -12,15 +12,16 @@ from PIL import Image
 
 from tests.conftest import make_blob_slide
 from tests.synthetic import blob_image, random_points
-from wsidet.methods import get_method
-from wsidet.train.dataset import PointDataset, Window, load_source, load_sources
-from wsidet.train.sources import (
+from wsidet.annotations.files import (
     Annotated,
     AnnotationError,
     find_pairs,
     read_annotations,
     select_fold,
 )
+from wsidet.annotations.sources import Window, load_source, load_sources
+from wsidet.methods import get_method
+from wsidet.train.dataset import PointDataset
 
 METHOD = get_method("voca", width=4)
 

@@ -15,10 +15,9 @@ from skimage.color import lab2rgb, rgb2lab
 from tests.conftest import BlobSlide, make_blob_slide
 from tests.test_pipeline import assert_same_points
 from wsidet.errors import WeightsError
+from wsidet.inference.pipeline import detect_slide
 from wsidet.methods import get_method
-from wsidet.pipeline import detect_slide
-from wsidet.slide import open_slide
-from wsidet.stain import (
+from wsidet.slide.stain import (
     Reinhard,
     StainStats,
     lab_to_rgb,
@@ -26,6 +25,7 @@ from wsidet.stain import (
     slide_stain_stats,
     stain_stats,
 )
+from wsidet.slide.wsi import open_slide
 from wsidet.train.checkpoint import save_weights
 from wsidet.weights import stain_reference
 

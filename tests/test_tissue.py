@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.synthetic import BACKGROUND, GLASS
-from wsidet.tissue import (
+from wsidet.slide.tissue import (
     MAX_SATURATION,
     MIN_SATURATION,
     TissueMask,

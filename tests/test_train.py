@@ -17,17 +17,18 @@ from wsidet.cli.main import main
 
 from tests.conftest import make_blob_slide
 from tests.synthetic import blob_image, random_points
-from wsidet.engine import weights_hash
+from wsidet.annotations.files import AnnotationError, find_pairs, read_points, select_fold
+from wsidet.annotations.sources import ImageSource, SlideSource, Window, load_source
 from wsidet.errors import WeightsError
-from wsidet.evaluate import Predictions, choose_threshold, evaluate_predictions
-from wsidet.io import detections_frame, read_detections, write_geoparquet
+from wsidet.evaluation.evaluate import Predictions, choose_threshold, evaluate_predictions
+from wsidet.inference.detector import weights_hash
 from wsidet.methods import DEFAULT_METHOD, get_method
 from wsidet.methods.base import Method
+from wsidet.output.detections import detections_frame, read_detections, write_geoparquet
 from wsidet.train.augment import Augment, dihedral, hed_jitter
 from wsidet.train.checkpoint import save_weights
-from wsidet.train.dataset import ImageSource, PointDataset, SlideSource, Window, load_source
+from wsidet.train.dataset import PointDataset
 from wsidet.train.loop import TrainConfig, cosine_lr, lr_horizon, step_lr, train
-from wsidet.train.sources import AnnotationError, find_pairs, read_points, select_fold
 from wsidet.weights import method_from_weights, resolve_method
 
 
@@ -117,7 +118,7 @@ def slide_alignment(
     tmp_path: Path, file_mpp: float, downsamples: tuple[int, ...], kind: str, shift: float = 0.0
 ) -> tuple[SlideSource, list[float]]:
     """A synthetic slide's training source (points written as ``kind``) and its centre errors."""
-    from wsidet.train.sources import Annotated
+    from wsidet.annotations.files import Annotated
 
     path = tmp_path / "s.tif"
     truth = make_blob_slide(
@@ -549,9 +550,9 @@ def test_two_epochs_of_fcrn_a_on_four_vgg_images_lower_the_training_count_error(
     """Issue 16: the counting recipe learns at all (the training MAE falls from the untrained
     network's), measured by the learning-curve monitor the diagnosis uses."""
     from tests.conftest import SHARED_DATA
-    from wsidet.engine import Detector
-    from wsidet.evaluate import predict
-    from wsidet.train.dataset import load_sources
+    from wsidet.annotations.sources import load_sources
+    from wsidet.evaluation.evaluate import predict
+    from wsidet.inference.detector import Detector
     from wsidet.train.loop import monitor_figures
 
     vgg = SHARED_DATA / "vgg_cells"

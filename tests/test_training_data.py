@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from tests.synthetic import blob_image, random_points
+from wsidet.annotations.files import AnnotationError
+from wsidet.annotations.sources import ImageSource
 from wsidet.methods import get_method
-from wsidet.nucleus_scale import haematoxylin_density
+from wsidet.slide.nucleus_scale import haematoxylin_density
 from wsidet.train.augment import (
     Augment,
     blur,
@@ -23,8 +25,7 @@ from wsidet.train.augment import (
     jpeg,
 )
 from wsidet.train.collection import AnnotatedSet, hold_out, load_sets, read_sets
-from wsidet.train.dataset import ImageSource, PointDataset, mixture_weights
-from wsidet.train.sources import AnnotationError
+from wsidet.train.dataset import PointDataset, mixture_weights
 
 
 def _write_blob_set(folder: Path, rng: np.random.Generator, n: int, size: int, cells: int) -> None:
@@ -126,7 +127,7 @@ def test_load_sets_holds_out_every_dataset(tmp_path: Path) -> None:
 
 
 def test_hold_out_needs_two_and_is_seeded() -> None:
-    from wsidet.train.sources import Annotated
+    from wsidet.annotations.files import Annotated
 
     pairs = [Annotated(str(i), Path(f"{i}.png"), Path(f"{i}.csv")) for i in range(10)]
     train, val = hold_out(pairs, 0.2, seed=4)
@@ -269,8 +270,8 @@ def test_train_command_takes_a_sources_file(
 def test_a_slide_states_its_own_pixel_size(tmp_path: Path) -> None:
     """The file's pixel size is used; a different one given is refused; a missing one is taken."""
     from tests.conftest import make_blob_slide
-    from wsidet.train.dataset import load_source
-    from wsidet.train.sources import Annotated
+    from wsidet.annotations.files import Annotated
+    from wsidet.annotations.sources import load_source
 
     method = get_method("voca", width=4)
     stated = make_blob_slide(
@@ -294,7 +295,7 @@ def test_a_slide_states_its_own_pixel_size(tmp_path: Path) -> None:
 
 
 def test_hold_out_keeps_the_tiles_of_one_image_together() -> None:
-    from wsidet.train.sources import Annotated
+    from wsidet.annotations.files import Annotated
 
     pairs = [
         Annotated(f"train_{i}_{t:03d}", Path(f"{i}_{t}.jpg"), Path(f"{i}_{t}.csv"))
@@ -313,8 +314,8 @@ def test_hold_out_keeps_the_tiles_of_one_image_together() -> None:
 
 def test_training_on_normalised_colours_asks_inference_to_normalise(tmp_path: Path) -> None:
 
-    from wsidet.stain import stain_stats
-    from wsidet.train.dataset import normalise_sources
+    from wsidet.annotations.sources import normalise_sources
+    from wsidet.slide.stain import stain_stats
     from wsidet.train.loop import TrainConfig, train
     from wsidet.weights import normalises_stain, resolve_stain
 

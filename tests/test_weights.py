@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from wsidet.engine import Detector
+from wsidet.inference.detector import Detector
 from wsidet.methods import DEFAULT_METHOD, method_class
 from wsidet.weights import bundled_methods, bundled_names, bundled_weights, resolve_method
 

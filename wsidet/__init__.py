@@ -12,20 +12,20 @@ from typing import TYPE_CHECKING, Any
 from wsidet._version import __version__
 
 if TYPE_CHECKING:
-    from wsidet.cohort import run_cohort
-    from wsidet.io import read_detections, write_detections
+    from wsidet.cohort.run import run_cohort
+    from wsidet.inference.pipeline import detect_slide
     from wsidet.methods import get_method, list_methods
-    from wsidet.pipeline import detect_slide
-    from wsidet.slide import Slide, open_slide
+    from wsidet.output.detections import read_detections, write_detections
+    from wsidet.slide.wsi import Slide, open_slide
 
 # Public name -> module that defines it; resolved on first access (PEP 562).
 _LAZY = {
-    "detect_slide": "wsidet.pipeline",
-    "run_cohort": "wsidet.cohort",
-    "open_slide": "wsidet.slide",
-    "Slide": "wsidet.slide",
-    "read_detections": "wsidet.io",
-    "write_detections": "wsidet.io",
+    "detect_slide": "wsidet.inference.pipeline",
+    "run_cohort": "wsidet.cohort.run",
+    "open_slide": "wsidet.slide.wsi",
+    "Slide": "wsidet.slide.wsi",
+    "read_detections": "wsidet.output.detections",
+    "write_detections": "wsidet.output.detections",
     "get_method": "wsidet.methods",
     "list_methods": "wsidet.methods",
 }

@@ -88,7 +88,7 @@ class PartialCohortWarning(UserWarning):
 
 
 class MppWarning(UserWarning):
-    """A slide's pixel size looks wrong (see :mod:`wsidet.scale_check`).
+    """A slide's pixel size looks wrong (see :mod:`wsidet.slide.scale_check`).
 
     Far from what its nuclei suggest, or a detection density no H&E tissue has.
     """

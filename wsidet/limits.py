@@ -70,7 +70,7 @@ def check_run_numbers(
 ) -> None:
     """Refuse out-of-range run settings (those given), naming the argument and the range.
 
-    ``mpp`` may be ``"auto"`` (estimated per slide, :mod:`wsidet.scale_check`).
+    ``mpp`` may be ``"auto"`` (estimated per slide, :mod:`wsidet.slide.scale_check`).
 
     Raises
     ------

@@ -31,9 +31,9 @@ import numpy as np
 import numpy.typing as npt
 
 from wsidet.errors import ParameterError
-from wsidet.methods import register
+from wsidet.methods._registry import register
 from wsidet.methods.base import Method
-from wsidet.targets import gaussian_density
+from wsidet.ops.targets import gaussian_density
 
 if TYPE_CHECKING:
     import torch
@@ -58,7 +58,7 @@ class _Fcrn(Method):
         Peak separation minus one.
     edges : str
         What a training target does with the mass of a dot's Gaussian that falls outside its
-        image: ``"reflect"`` mirrors it back in (:func:`wsidet.targets.reflect_at_edges`), so
+        image: ``"reflect"`` mirrors it back in (:func:`wsidet.ops.targets.reflect_at_edges`), so
         an image's target integrates to its number of dots, the count it is scored against;
         ``"cut"`` (the paper's, and wsidet's before) drops it, which made a perfect regressor
         undercount the VGG test images by 1.6 cells. Training only.
@@ -92,7 +92,7 @@ class _Fcrn(Method):
     @property
     def decoder_radius(self) -> int:
         """Support of the peak decoder."""
-        from wsidet.peaks import support
+        from wsidet.ops.peaks import support
 
         return support(self.min_distance)
 
@@ -128,7 +128,7 @@ class _Fcrn(Method):
         return {"count": outputs["density"][0].float() / self.scale}
 
     def _decode(self, outputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        from wsidet.peaks import local_maxima
+        from wsidet.ops.peaks import local_maxima
 
         return local_maxima(
             outputs["density"][0].float(),

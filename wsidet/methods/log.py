@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar
 
 from wsidet.errors import ParameterError
-from wsidet.methods import register
+from wsidet.methods._registry import register
 from wsidet.methods.base import Method
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ class LoG(Method):
     @property
     def decoder_radius(self) -> int:
         """Support of the peak decoder."""
-        from wsidet.peaks import support
+        from wsidet.ops.peaks import support
 
         return support(self.min_distance)
 
@@ -98,7 +98,7 @@ class LoG(Method):
         )
 
     def _decode(self, outputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        from wsidet.peaks import local_maxima
+        from wsidet.ops.peaks import local_maxima
 
         return local_maxima(
             outputs["response"][0], min_distance=self.min_distance, threshold=self.threshold

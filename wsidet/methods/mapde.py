@@ -15,7 +15,7 @@ Deviations: a narrower U-Net than Micro-Net (``width`` 32: 32-64-128-256-256 map
 norm; its L-1 layer a 1×1 convolution to one map, a kernel the paper does not give; see
 :mod:`wsidet.nets.mapde`), so that it trains in hours rather than days; and region labels that
 spread at most ``max_region`` pixels so decoding stays local to a chunk (exactly connected
-components for regions smaller than that; see :mod:`wsidet.deconv`).
+components for regions smaller than that; see :mod:`wsidet.ops.deconv`).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from wsidet.errors import ParameterError
-from wsidet.methods import register
+from wsidet.methods._registry import register
 from wsidet.methods.base import Method
-from wsidet.targets import dot_image
+from wsidet.ops.targets import dot_image
 
 if TYPE_CHECKING:
     import torch
@@ -103,8 +103,8 @@ class MapDe(Method):
     @property
     def decoder_radius(self) -> int:
         """Lucy–Richardson support plus the centroid decoder's (deconv), or the peak support."""
-        from wsidet.deconv import centroid_support, deconv_support
-        from wsidet.peaks import support
+        from wsidet.ops.deconv import centroid_support, deconv_support
+        from wsidet.ops.peaks import support
 
         if self.mode == "peak":
             return support(self.min_distance)
@@ -151,9 +151,9 @@ class MapDe(Method):
     def _decode(self, outputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
-        from wsidet.deconv import region_centroids, richardson_lucy
         from wsidet.nets.mapde import mapping_filter
-        from wsidet.peaks import local_maxima
+        from wsidet.ops.deconv import region_centroids, richardson_lucy
+        from wsidet.ops.peaks import local_maxima
 
         out = outputs["logits"][0].float().clamp(min=0.0)
         if self.mode == "peak":

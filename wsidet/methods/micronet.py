@@ -34,9 +34,9 @@ import numpy as np
 import numpy.typing as npt
 
 from wsidet.errors import ParameterError
-from wsidet.methods import register
+from wsidet.methods._registry import register
 from wsidet.methods.base import Method
-from wsidet.targets import nearest_distance
+from wsidet.ops.targets import nearest_distance
 
 if TYPE_CHECKING:
     import torch
@@ -109,7 +109,7 @@ class MicroNetMethod(Method):
     @property
     def decoder_radius(self) -> int:
         """Support of the peak decoder."""
-        from wsidet.peaks import support
+        from wsidet.ops.peaks import support
 
         return support(self.min_distance)
 
@@ -139,7 +139,7 @@ class MicroNetMethod(Method):
         return (0.5 * (y + self.lam * mean) * (o - y) ** 2).mean()
 
     def _decode(self, outputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        from wsidet.peaks import local_maxima
+        from wsidet.ops.peaks import local_maxima
 
         return local_maxima(
             outputs["proximity"][0].float(),

@@ -39,9 +39,9 @@ import numpy as np
 import numpy.typing as npt
 
 from wsidet.errors import ParameterError
-from wsidet.methods import register
+from wsidet.methods._registry import register
 from wsidet.methods.base import Method
-from wsidet.targets import nearest_distance
+from wsidet.ops.targets import nearest_distance
 
 if TYPE_CHECKING:
     import torch
@@ -98,7 +98,7 @@ class Proximity(Method):
     @property
     def decoder_radius(self) -> int:
         """Support of the peak decoder."""
-        from wsidet.peaks import support
+        from wsidet.ops.peaks import support
 
         return support(self.min_distance)
 
@@ -171,7 +171,7 @@ class Proximity(Method):
         return per_patch[:, inside].mean()
 
     def _decode(self, outputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        from wsidet.peaks import local_maxima
+        from wsidet.ops.peaks import local_maxima
 
         return local_maxima(
             outputs["proximity"][0].float(),

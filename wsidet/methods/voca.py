@@ -21,7 +21,7 @@ Deviations:
 * Non-maximum suppression uses a square window: a peak must be the maximum of the accumulator
   within ``nms_distance`` pixels along each axis (Chebyshev distance), where the paper's
   distance threshold is presumably Euclidean. Square windows are separable (two 1-D running
-  maxima, cheap on any device, see :mod:`wsidet.peaks`); the difference is that two peaks up
+  maxima, cheap on any device, see :mod:`wsidet.ops.peaks`); the difference is that two peaks up
   to ``nms_distance · √2`` (5.7 px) apart along a diagonal are merged too.
 * Addition: a detection's position is the weighted centroid of the accumulator within
   ``score_radius`` of its peak (the window its score sums), not the peak pixel. Vectors are
@@ -43,9 +43,9 @@ import numpy as np
 import numpy.typing as npt
 
 from wsidet.errors import ParameterError
-from wsidet.methods import register
+from wsidet.methods._registry import register
 from wsidet.methods.base import Method
-from wsidet.targets import count_within, nearest_distance
+from wsidet.ops.targets import count_within, nearest_distance
 
 if TYPE_CHECKING:
     import torch
@@ -117,7 +117,7 @@ class Voca(Method):
         ``score_radius`` from its peak, and a block keeps the points whose pixel (not whose
         peak) lies in its core, so that shift adds on top.
         """
-        from wsidet.peaks import support
+        from wsidet.ops.peaks import support
 
         reads = max(support(self.nms_distance), self.score_radius)
         return self.score_radius + self.max_shift + reads
@@ -174,8 +174,8 @@ class Voca(Method):
         import torch
         from torch.nn import functional as F
 
-        from wsidet.accumulate import accumulate
-        from wsidet.peaks import local_maxima
+        from wsidet.ops.accumulate import accumulate
+        from wsidet.ops.peaks import local_maxima
 
         acc = accumulate(
             outputs["conf"][0], outputs["loc"], outputs["wt"][0], max_shift=self.max_shift

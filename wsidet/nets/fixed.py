@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from wsidet.colour import HED_FROM_RGB
-from wsidet.filters import convolve_same, kernel_spectrum, padded_shape
+from wsidet.ops.colour import HED_FROM_RGB
+from wsidet.ops.filters import convolve_same, kernel_spectrum, padded_shape
 
 
 class Haematoxylin(nn.Module):
@@ -61,8 +61,8 @@ class LaplacianOfGaussian(nn.Module):
 
     Bright blobs of radius about ``σ√2`` give positive peaks at their centres. The kernels are
     sampled separably (∇²G = G''(y)G(x) + G(y)G''(x)) and applied by FFT
-    (:mod:`wsidet.filters`), equal to ``conv2d`` with ``padding=radius`` to float32 rounding: on a
-    2200² block that is 0.3 s instead of 6 s for separable ``conv2d`` on CPU.
+    (:mod:`wsidet.ops.filters`), equal to ``conv2d`` with ``padding=radius`` to float32
+    rounding: on a 2200² block that is 0.3 s instead of 6 s for separable ``conv2d`` on CPU.
 
     Parameters
     ----------

@@ -22,9 +22,9 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from wsidet.filters import convolve_taps
 from wsidet.nets.blocks import ConvBNAct, pad_to_multiple
 from wsidet.nets.receptive import Reach
+from wsidet.ops.filters import convolve_taps
 
 
 def mapping_filter(radius: int = 5) -> npt.NDArray[np.float32]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from wsidet.colour import HED_FROM_RGB, RGB_FROM_HED
+from wsidet.ops.colour import HED_FROM_RGB, RGB_FROM_HED
 
 Image = npt.NDArray[np.uint8]
 Points = npt.NDArray[np.float64]

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from wsidet._version import __version__
-from wsidet.io import atomic_path
 from wsidet.methods.base import Method
+from wsidet.output.files import atomic_path
 
 #: The folder that holds the ``wsidet`` package: a git checkout's root in a development install.
 _SOURCE_ROOT = Path(__file__).resolve().parents[2]
@@ -83,7 +83,7 @@ def save_weights(
 ) -> Path:
     """Write a network's tensors with the method's name and parameters in the header.
 
-    ``stain_reference`` (:meth:`wsidet.stain.StainStats.as_dict` of the training data) goes
+    ``stain_reference`` (:meth:`wsidet.slide.stain.StainStats.as_dict` of the training data) goes
     in the header too, for stain normalisation at inference; ``stain_normalised`` records
     that the network was trained on colours normalised to it, so inference normalises by
     default (:func:`wsidet.weights.normalises_stain`).

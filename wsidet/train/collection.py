@@ -34,10 +34,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from wsidet.annotations.files import Annotated, AnnotationError, find_pairs, select_fold
+from wsidet.annotations.sources import Source, load_sources
 from wsidet.limits import MPP
 from wsidet.methods.base import Method
-from wsidet.train.dataset import Source, load_sources, mixture_weights
-from wsidet.train.sources import Annotated, AnnotationError, find_pairs, select_fold
+from wsidet.train.dataset import mixture_weights
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class AnnotatedSet:
     ----------
     name : str
     images, points : pathlib.Path
-        Folders (see :func:`wsidet.train.sources.find_pairs`).
+        Folders (see :func:`wsidet.annotations.files.find_pairs`).
     mpp : float
         µm per pixel of the images (slides that state their own must agree with it).
     share : float

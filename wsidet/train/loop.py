@@ -23,21 +23,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from wsidet.engine import Detector, load_weights, resolve_device, weights_hash
-from wsidet.evaluate import (
+from wsidet.annotations.sources import Source, describe, normalise_sources
+from wsidet.evaluation.evaluate import (
     Predictions,
     choose_threshold,
     evaluate_predictions,
     predict,
     write_pr_curve,
 )
-from wsidet.io import atomic_path
+from wsidet.inference.detector import Detector, load_weights, resolve_device, weights_hash
+from wsidet.inference.precision import autocast_dtype, check_precision, resolve_precision
 from wsidet.methods.base import Method
-from wsidet.precision import autocast_dtype, check_precision, resolve_precision
-from wsidet.stain import StainStats, stain_stats
+from wsidet.output.files import atomic_path
+from wsidet.slide.stain import StainStats, stain_stats
 from wsidet.train.augment import Augment
 from wsidet.train.checkpoint import git_commit, git_dirty, save_record, save_weights
-from wsidet.train.dataset import PointDataset, Source, collate, describe, normalise_sources
+from wsidet.train.dataset import PointDataset, collate
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +81,9 @@ class TrainConfig:
     seed : int
     device : str, optional
     precision : str
-        ``auto``, ``fp32``, ``bf16`` or ``fp16``, as for inference (:mod:`wsidet.precision`);
-        fp16 uses a gradient scaler. On a CPU the network trains in channels-last layout.
+        ``auto``, ``fp32``, ``bf16`` or ``fp16``, as for inference
+        (:mod:`wsidet.inference.precision`); fp16 uses a gradient scaler. On a CPU the
+        network trains in channels-last layout.
     augment : Augment
     radius : float
         Matching radius for validation F1 (pixels at the method's scale).
@@ -94,7 +96,7 @@ class TrainConfig:
         (lower mean absolute count error, for counting with FCRN's density integral).
     stain_normalise : bool
         Train (and validate) on colours normalised to the training data's stain reference,
-        each image from its own statistics (:func:`~wsidet.train.dataset.normalise_sources`);
+        each image from its own statistics (:func:`~wsidet.annotations.sources.normalise_sources`);
         the weights then ask inference to normalise too (:func:`wsidet.weights.normalises_stain`).
     """
 

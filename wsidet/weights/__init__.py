@@ -15,7 +15,7 @@ from typing import Any
 from wsidet.errors import WeightsError
 from wsidet.methods import DEFAULT_METHOD, get_method, method_class
 from wsidet.methods.base import Method
-from wsidet.stain import StainStats
+from wsidet.slide.stain import StainStats
 from wsidet.weights.files import weights_metadata
 
 

@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from wsidet.evaluation.metrics import DetectionScores, match_points, score_counts
 from wsidet.methods.base import Method
-from wsidet.metrics import DetectionScores, match_points, score_counts
 
 if TYPE_CHECKING:
     import torch
 
-    from wsidet.engine import Detector
-    from wsidet.stain import StainStats
-    from wsidet.train.dataset import Source
+    from wsidet.annotations.sources import Source
+    from wsidet.inference.detector import Detector
+    from wsidet.slide.stain import StainStats
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,9 +51,9 @@ def predict(
     """Run ``detector`` over each whole source image and keep the maps.
 
     With ``stain`` (reference statistics), each image's colours are first normalised to them
-    from its own statistics, as a slide's are from its tissue (:mod:`wsidet.stain`).
+    from its own statistics, as a slide's are from its tissue (:mod:`wsidet.slide.stain`).
     """
-    from wsidet.stain import Reinhard, stain_stats
+    from wsidet.slide.stain import Reinhard, stain_stats
 
     maps = []
     for source in sources:
@@ -285,7 +285,7 @@ def write_pr_curve(
         bx, by = to_px(mark.scores.recall, mark.scores.precision)
         draw.ellipse([bx - 4, by - 4, bx + 4, by + 4], outline=colour, width=2)
         draw.text((x0 + 10, y0 + 10 + 16 * i), f"{label}  F1 {mark.scores.f1:.3f}", fill=colour)
-    from wsidet.io import atomic_path
+    from wsidet.output.files import atomic_path
 
     path = Path(path)
     with atomic_path(path, overwrite=True) as tmp:

@@ -2,7 +2,8 @@
 
 A :class:`Detector` builds its method's network once, loads weights, moves it to the device and
 keeps it there. ``detect(image)`` cuts the image into model tiles (each grown by the network's
-receptive radius), runs them in batches (in the precision asked for, :mod:`wsidet.precision`),
+receptive radius), runs them in batches (in the precision asked for,
+:mod:`wsidet.inference.precision`),
 stitches the output maps on the device and decodes points there, so only points come back to
 the host.
 
@@ -29,16 +30,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from wsidet.batching import TileBatcher, run_tiles
 from wsidet.errors import DeviceError, WeightsError
+from wsidet.inference.batching import TileBatcher, run_tiles
+from wsidet.inference.precision import autocast_dtype, resolve_precision
 from wsidet.methods.base import Method
-from wsidet.precision import autocast_dtype, resolve_precision
 from wsidet.weights.files import read_weights
 
 if TYPE_CHECKING:
     import torch
 
-    from wsidet.stain import Reinhard
+    from wsidet.slide.stain import Reinhard
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ class Detector:
     batch_size : int, optional
         Tiles per forward pass (default 4 on CUDA, 1 on CPU).
     precision : str
-        ``auto``, ``fp32``, ``bf16`` or ``fp16`` (see :mod:`wsidet.precision`).
+        ``auto``, ``fp32``, ``bf16`` or ``fp16`` (see :mod:`wsidet.inference.precision`).
     network : torch.nn.Module, optional
         Use this network instead of building one (tests, training loops); it is used as it
         is (a network built here from weights is prepared for inference: batch norms
@@ -204,7 +205,7 @@ class Detector:
     allow_pickle : bool
         Also read weights from torch pickle files (they can run code when loaded).
     share_batches : bool, optional
-        Run model tiles of every thread's blocks through one :class:`~wsidet.batching.
+        Run model tiles of every thread's blocks through one :class:`~wsidet.inference.batching.
         TileBatcher` (full batches from all chunk tasks of the process); default on CUDA. On
         a CPU one block at a time uses every core instead.
 

@@ -65,13 +65,13 @@ def run_signature(
 
     ``stain`` is False, True (normalised to the weights' own reference, which their hash
     identifies) or the reference statistics given. ``precision`` is the one asked for
-    (``auto`` means fp16 on CUDA and fp32 or bf16 on a CPU, see :mod:`wsidet.precision`).
+    (``auto`` means fp16 on CUDA and fp32 or bf16 on a CPU, see :mod:`wsidet.inference.precision`).
     ``mpp="auto"`` is recorded with what decides the estimate (its calibration and windows),
     so outputs made by another estimator are not reused.
     """
     if mpp == "auto":
-        from wsidet.nucleus_scale import NUCLEUS_SIGMA_UM
-        from wsidet.scale_check import MIN_WINDOWS, WINDOW, WINDOWS
+        from wsidet.slide.nucleus_scale import NUCLEUS_SIGMA_UM
+        from wsidet.slide.scale_check import MIN_WINDOWS, WINDOW, WINDOWS
 
         mpp = f"auto (σ {NUCLEUS_SIGMA_UM} µm, {MIN_WINDOWS}/{WINDOWS} windows of {WINDOW})"
     return {
@@ -141,8 +141,8 @@ def _parquet_meta(path: Path) -> Any:
 def _geojson_meta(path: Path, limit: int = 1 << 26) -> Any:
     """The ``"wsidet"`` member of a GeoJSON written by wsidet, read from the file's head only.
 
-    :func:`wsidet.io.write_geojson` writes it before the features, so a million-point file
-    is not parsed to find it.
+    :func:`wsidet.output.detections.write_geojson` writes it before the features, so a
+    million-point file is not parsed to find it.
     """
     opener: Any = gzip.open if path.name.endswith(".gz") else open
     fh: IO[str]

@@ -4,7 +4,7 @@
 outputs a run refused to replace keeps the row that describes them. It is read tolerantly
 (rows of older wsidet versions, or with unknown columns, still load) and written atomically,
 at most every few seconds during a run and once at its end, because outputs, not the
-manifest, are the authority on what is done (see :mod:`wsidet.resume`): a manifest that lags
+manifest, are the authority on what is done (see :mod:`wsidet.cohort.resume`): a manifest that lags
 behind after a crash costs nothing.
 
 Several runs may write into one folder at once (two ``wsidet run`` on disjoint slides, or a
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from wsidet._version import __version__
 from wsidet.errors import WsidetError
-from wsidet.io import atomic_path
+from wsidet.output.files import atomic_path
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -81,7 +81,7 @@ class SlideResult:
         JSON list of what looked wrong (a pixel size far from its nuclei's estimate, an
         implausible density), one sentence each.
     signature : str
-        JSON of the run signature the outputs carry (see :mod:`wsidet.resume`).
+        JSON of the run signature the outputs carry (see :mod:`wsidet.cohort.resume`).
     reused : bool
         Done by an earlier run; this one found its outputs.
     version : str

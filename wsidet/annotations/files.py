@@ -14,7 +14,7 @@ key). Points are returned as ``yx`` pixel indices (pixel centres are integers):
 
 GeoJSON polygons (QuPath annotations drawn around the annotated areas of a slide) are read as
 *regions*: training patches and evaluation are limited to them (see
-:func:`wsidet.train.dataset.load_sources`).
+:func:`wsidet.annotations.sources.load_sources`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 :func:`richardson_lucy` follows ``skimage.restoration.richardson_lucy`` step for step (constant
 0.5 start, zero-padded "same" convolutions, 1e-12 against division by zero), without its final
 clip to [-1, 1] (MapDe's maps are logits, not intensities), on the maps' device, with the
-convolutions as sums over the kernel's taps (:func:`wsidet.filters.convolve_taps`: exact across
+convolutions as sums over the kernel's taps (:func:`wsidet.ops.filters.convolve_taps`: exact across
 chunks, and ten times faster than oneDNN for one channel).
 
 :func:`region_centroids` labels connected foreground regions and returns their centroids. To keep
@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from wsidet.filters import convolve_taps
+from wsidet.ops.filters import convolve_taps
 
 _EPS = 1e-12
 
@@ -70,10 +70,10 @@ def centroid_support(max_extent: int, min_distance: int) -> int:
     """Pixels of context one point of :func:`region_centroids` reads.
 
     A point of a large component is a peak, and a peak's fate reads whether each pixel within
-    :func:`wsidet.peaks.support` of it belongs to a large component, which reads that pixel's
+    :func:`wsidet.ops.peaks.support` of it belongs to a large component, which reads that pixel's
     own :func:`region_support`: the two add up.
     """
-    from wsidet.peaks import support
+    from wsidet.ops.peaks import support
 
     return region_support(max_extent) + support(min_distance)
 
@@ -99,7 +99,7 @@ def region_centroids(
         regions' first pixels, then the peaks of larger components.
     scores : Tensor, shape (n,), float32
     """
-    from wsidet.peaks import local_maxima
+    from wsidet.ops.peaks import local_maxima
 
     h, w = score.shape
     mask = score > threshold

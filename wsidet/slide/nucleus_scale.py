@@ -13,7 +13,7 @@ per pixel instead (the σ of each dark pixel's largest response) was tried and i
 chromatin texture and clusters of nuclei pull single pixels to either end of the range.
 
 Pure functions on arrays: a slide's windows are chosen by the caller
-(:func:`wsidet.scale_check.estimate_slide_mpp`).
+(:func:`wsidet.slide.scale_check.estimate_slide_mpp`).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def haematoxylin_density(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
     ----------
     rgb : ndarray, shape (h, w, 3), uint8
     """
-    from wsidet.colour import HED_FROM_RGB
+    from wsidet.ops.colour import HED_FROM_RGB
 
     od = -np.log(np.maximum(rgb.astype(np.float32), 1.0) / 255.0)
     density: npt.NDArray[np.float32] = np.maximum(

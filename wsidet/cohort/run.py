@@ -1,9 +1,9 @@
 """``run_cohort``: many slides, one output folder, a manifest, and a run that can be resumed.
 
 Per slide, the output folder holds ``SLIDE_ID.parquet`` (and the other formats asked for);
-``manifest.parquet`` has a row per slide (:class:`~wsidet.manifest.SlideResult`). A rerun
+``manifest.parquet`` has a row per slide (:class:`~wsidet.output.manifest.SlideResult`). A rerun
 reuses a slide whose outputs carry this run's signature (same slide content, method,
-parameters, weights, pixel size and tissue setting; :mod:`wsidet.resume`), writes formats
+parameters, weights, pixel size and tissue setting; :mod:`wsidet.cohort.resume`), writes formats
 missing beside them, retries failed slides, and refuses to replace outputs of another run
 unless asked to. Writes are atomic, Parquet last, so an interrupted run never leaves half a
 file nor a set of outputs that looks complete.
@@ -11,8 +11,9 @@ file nor a set of outputs that looks complete.
 Without a client, slides run one after another in this process (chunks on a thread pool).
 With a ``distributed.Client``, each slide is planned by a task on any worker (opening it and
 computing its tissue mask), then its chunks become plain tasks that run the worker's resident
-detector (one model per worker process, see :class:`~wsidet.engine.DetectorSpec`). A lost
-worker only costs its tasks, which rerun elsewhere with identical results. A slide that cannot
+detector (one model per worker process, see
+:class:`~wsidet.inference.detector.DetectorSpec`). A lost worker only costs its tasks, which
+rerun elsewhere with identical results. A slide that cannot
 be opened, read or written is recorded as failed with a one-line reason and the others go on.
 With ``gpu_resource`` set, chunk tasks ask for that worker resource at compute time
 (annotations in the graph would be lost to fusion).
@@ -31,11 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wsidet.engine import DEFAULT_TILE
+from wsidet.cohort.resume import output_state, run_signature, slide_fingerprint
 from wsidet.errors import OutputExistsError, SlideNotFoundError, WsidetError
-from wsidet.io import clean_stale_temporaries, output_paths, read_detections, write_detections
+from wsidet.inference.detector import DEFAULT_TILE
+from wsidet.inference.pipeline import SlidePlan, detect_slide, plan_slide
+from wsidet.inference.precision import check_precision
 from wsidet.limits import check_block_memory, check_run_numbers
-from wsidet.manifest import (
+from wsidet.methods.base import Method
+from wsidet.output.detections import output_paths, read_detections, write_detections
+from wsidet.output.files import clean_stale_temporaries
+from wsidet.output.manifest import (
     MANIFEST,
     ManifestError,
     ManifestWriter,
@@ -43,13 +49,9 @@ from wsidet.manifest import (
     load_rows,
     read_manifest,
 )
-from wsidet.methods.base import Method
-from wsidet.pipeline import SlidePlan, detect_slide, plan_slide
-from wsidet.precision import check_precision
-from wsidet.reader import check_slide_file
-from wsidet.resume import output_state, run_signature, slide_fingerprint
-from wsidet.slide import slide_id_for
-from wsidet.stain import StainStats
+from wsidet.slide.reader import check_slide_file
+from wsidet.slide.stain import StainStats
+from wsidet.slide.wsi import slide_id_for
 from wsidet.tiling import DEFAULT_CHUNK
 
 __all__ = [
@@ -260,8 +262,8 @@ def run_cohort(
     ManifestError
         The manifest could not be written at the end (the slides' outputs are written).
     """
-    from wsidet.engine import DetectorSpec
-    from wsidet.engine import weights_hash as hash_weights
+    from wsidet.inference.detector import DetectorSpec
+    from wsidet.inference.detector import weights_hash as hash_weights
     from wsidet.weights import normalises_stain, required_stain_reference, resolve_method
 
     started = time.perf_counter()

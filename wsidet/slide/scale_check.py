@@ -3,7 +3,7 @@
 A slide read at the wrong pixel size gives nuclei of the wrong size to a detector that was
 trained at one scale, and it fails quietly (0 or a few hundred nuclei reported as success).
 :func:`estimate_slide_mpp` measures the nuclei of a few tissue windows of level 0
-(:mod:`wsidet.nucleus_scale`); :func:`check_mpp` compares a pixel size with it;
+(:mod:`wsidet.slide.nucleus_scale`); :func:`check_mpp` compares a pixel size with it;
 :func:`density_problem` flags a detection density no H&E tissue has.
 """
 
@@ -14,8 +14,8 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from wsidet.nucleus_scale import ScaleEstimate, estimate_from_energies, scale_energy
-from wsidet.slide import Slide
+from wsidet.slide.nucleus_scale import ScaleEstimate, estimate_from_energies, scale_energy
+from wsidet.slide.wsi import Slide
 
 #: Windows read (level 0, pixels a side), how many, and how many must show nuclei.
 WINDOW = 512

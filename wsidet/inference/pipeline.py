@@ -6,7 +6,7 @@ The graph, per slide::
         ──one plain task per tissue block──▶ resident Detector ──▶ points it owns ──▶ concat
 
 * Reading: chunks are aligned to the TIFF tiles and read by a picklable reader in whichever
-  process runs the task (see :mod:`wsidet.reader`).
+  process runs the task (see :mod:`wsidet.slide.reader`).
 * Overlap: ``dask.array.overlap.overlap`` with ``boundary="none"`` and ``allow_rechunk=False``
   (the grid already folded small edge chunks, so no silent rechunk breaks tile alignment).
   Block offsets come from the grid, not from ``block_info`` (dask #11349).
@@ -29,14 +29,14 @@ import numpy as np
 import numpy.typing as npt
 
 from wsidet._version import __version__
-from wsidet.engine import DEFAULT_TILE, Detections, DetectorSpec
 from wsidet.errors import MppWarning
+from wsidet.inference.detector import DEFAULT_TILE, Detections, DetectorSpec
+from wsidet.inference.precision import check_precision
 from wsidet.limits import check_block_memory
 from wsidet.methods import DEFAULT_METHOD
 from wsidet.methods.base import Method
-from wsidet.precision import check_precision
-from wsidet.slide import Scale, Slide, open_slide
-from wsidet.stain import Reinhard, StainStats, slide_stain_stats
+from wsidet.slide.stain import Reinhard, StainStats, slide_stain_stats
+from wsidet.slide.wsi import Scale, Slide, open_slide
 from wsidet.tiling import DEFAULT_CHUNK, Grid
 from wsidet.weights import resolve_method, resolve_stain
 
@@ -113,7 +113,7 @@ def block_tasks(
     Returns
     -------
     list of dask.delayed.Delayed
-        Each computes to a :class:`~wsidet.engine.Detections` in global working pixels.
+        Each computes to a :class:`~wsidet.inference.detector.Detections` in global working pixels.
     """
     import dask.array as da
     from dask.base import tokenize
@@ -270,7 +270,7 @@ class SlidePlan:
     stain : Reinhard, optional
         The slide's colour normalisation to the training data's.
     mpp_estimate : float, optional
-        Level-0 pixel size estimated from the slide's nuclei (:mod:`wsidet.scale_check`),
+        Level-0 pixel size estimated from the slide's nuclei (:mod:`wsidet.slide.scale_check`),
         None when not estimated.
     warnings : tuple of str
         What looks wrong with this run before it starts (a pixel size far from the
@@ -310,8 +310,8 @@ class SlidePlan:
         totals, timing and warnings in ``attrs["wsidet"]``; each warning is also issued as an
         :class:`~wsidet.errors.MppWarning`.
         """
-        from wsidet.io import detections_frame
-        from wsidet.scale_check import density_problem
+        from wsidet.output.detections import detections_frame
+        from wsidet.slide.scale_check import density_problem
 
         found = merge_detections(results)
         slide, scale, grid, method = self.slide, self.scale, self.grid, self.method
@@ -412,7 +412,7 @@ def plan_slide(
     MppUnknownError
         The slide has no pixel size and none was given (the message names the estimate).
     """
-    from wsidet.scale_check import resolve_mpp
+    from wsidet.slide.scale_check import resolve_mpp
 
     numeric = None if isinstance(mpp, str) else mpp
     if not isinstance(slide, Slide):
@@ -489,7 +489,7 @@ def detect_slide(
     mpp : float or "auto", optional
         Level-0 µm/px, overriding the file; ``"auto"``: the file's where the slide's
         nuclei agree with it (within 1.5×), else estimated from them
-        (:mod:`wsidet.scale_check`).
+        (:mod:`wsidet.slide.scale_check`).
     chunk : int
         Dask chunk edge in working pixels (aligned to the TIFF tiles).
     device : str, optional
@@ -508,7 +508,7 @@ def detect_slide(
     allow_pickle : bool
         Accept weights in a torch pickle file (loading one can run code).
     precision : str
-        ``auto``, ``fp32``, ``bf16`` or ``fp16`` (see :mod:`wsidet.precision`).
+        ``auto``, ``fp32``, ``bf16`` or ``fp16`` (see :mod:`wsidet.inference.precision`).
     check_mpp : bool
         Estimate the pixel size from the slide's nuclei (a few windows read, about a second)
         and warn (:class:`~wsidet.errors.MppWarning`, and ``attrs["wsidet"]["warnings"]``)
@@ -522,8 +522,8 @@ def detect_slide(
     Returns
     -------
     geopandas.GeoDataFrame
-        One Point per nucleus in level-0 pixels (schema in :mod:`wsidet.io`); run and slide
-        metadata in ``attrs["wsidet"]``.
+        One Point per nucleus in level-0 pixels (schema in :mod:`wsidet.output.detections`);
+        run and slide metadata in ``attrs["wsidet"]``.
     """
     started = time.perf_counter()
     plan = plan_slide(

@@ -2,7 +2,7 @@
 
 ``open_slide(path)`` returns a :class:`Slide`, a small picklable description of the file
 (its path, levels and pixel size) that reads pixels only when asked: :meth:`Slide.to_dask`
-builds a lazy array whose chunks are read by :class:`~wsidet.reader.LevelReader` in whatever
+builds a lazy array whose chunks are read by :class:`~wsidet.slide.reader.LevelReader` in whatever
 process computes them.
 
 Coordinates: arrays are (rows, cols); tiffslide's (x, y)/(width, height) are converted here and
@@ -26,10 +26,10 @@ import numpy.typing as npt
 
 from wsidet.errors import MppUnknownError, ScaleError, SlideFormatError
 from wsidet.limits import MAX_ENLARGEMENT, MPP
-from wsidet.pyramid import downsample_mean
-from wsidet.reader import LevelReader, ReducedLevelReader, ResampledReader, open_slide_file
-from wsidet.resample import resampled_size
-from wsidet.tissue import TissueMask, tissue_from_rgb
+from wsidet.slide.pyramid import downsample_mean
+from wsidet.slide.reader import LevelReader, ReducedLevelReader, ResampledReader, open_slide_file
+from wsidet.slide.resample import resampled_size
+from wsidet.slide.tissue import TissueMask, tissue_from_rgb
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -155,7 +155,7 @@ class Slide:
         Level-0 micrometres per pixel.
     mpp_source : str
         Where ``mpp`` came from: ``"file"``, ``"override"``, ``"estimated"`` (from the size
-        of its nuclei, :mod:`wsidet.scale_check`) or ``"unknown"``.
+        of its nuclei, :mod:`wsidet.slide.scale_check`) or ``"unknown"``.
     vendor : str
         Format detected by tiffslide (``aperio``, ``generic-tiff``, ...).
     """
@@ -326,7 +326,7 @@ class Slide:
             Target micrometres per mask pixel (a 32× downsample is assumed when the slide's
             pixel size is unknown).
         **threshold_options
-            Passed to :func:`wsidet.tissue.tissue_from_rgb`.
+            Passed to :func:`wsidet.slide.tissue.tissue_from_rgb`.
 
         Returns
         -------

@@ -14,7 +14,7 @@ and 1.4 s of system time. The price is that the process keeps its peak heap unti
 (measured peak resident memory is reported by the benchmarks).
 
 It is a process-wide choice, so the library never makes it on import: the ``wsidet`` program
-calls it at start, and so do local dask workers (:class:`wsidet.cluster.WorkerSetup`). A
+calls it at start, and so do local dask workers (:class:`wsidet.cohort.cluster.WorkerSetup`). A
 program that embeds wsidet may call it too.
 """
 

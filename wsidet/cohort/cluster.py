@@ -123,7 +123,7 @@ class WorkerSetup(WorkerPlugin):
         import warnings
 
         from wsidet.errors import MppWarning
-        from wsidet.heap import configure_heap
+        from wsidet.inference.heap import configure_heap
 
         os.environ.setdefault("TIFFSLIDE_NUM_DECODE_THREADS", "1")
         configure_heap()

@@ -3,7 +3,7 @@
 A dask array built on an open slide cannot go to distributed workers (open file handles do not
 pickle). :class:`LevelReader` keeps only ``(path, level)`` and reopens the slide once per
 process (a small cache keyed by path, size and modification time, so a file replaced on disk is
-reopened); its pixels are read tile by tile by :class:`wsidet.tiff.LevelTiles`.
+reopened); its pixels are read tile by tile by :class:`wsidet.slide.tiff.LevelTiles`.
 :class:`ResampledReader` adds the remaining scale factor between a level and the pixel size a
 model wants.
 
@@ -23,8 +23,8 @@ import numpy as np
 import numpy.typing as npt
 
 from wsidet.errors import SlideFormatError, SlideNotFoundError
-from wsidet.resample import resample_weights, resample_window, resampled_size
-from wsidet.tiff import LevelTiles
+from wsidet.slide.resample import resample_weights, resample_window, resampled_size
+from wsidet.slide.tiff import LevelTiles
 
 if TYPE_CHECKING:
     from tiffslide import TiffSlide
@@ -52,7 +52,7 @@ class OpenSlideFile:
         Raises
         ------
         SlideFormatError
-            The level's header does not fit the file (see :func:`wsidet.tiff.check_level`).
+            The level's header does not fit the file (see :func:`wsidet.slide.tiff.check_level`).
         """
         with self._lock:
             tiles = self._levels.get(index)
@@ -277,10 +277,10 @@ class ReducedLevelReader(_WindowReader):
     level : int
         Pyramid level index.
     reduce : int
-        2, 4 or 8 (see :attr:`wsidet.tiff.LevelTiles.reductions`).
+        2, 4 or 8 (see :attr:`wsidet.slide.tiff.LevelTiles.reductions`).
     shape : (rows, cols), optional
         Size to present (at most the reduced level's, which is rounded up): the size the
-        slide's :class:`~wsidet.slide.Scale` computes, so both ways of reading agree.
+        slide's :class:`~wsidet.slide.wsi.Scale` computes, so both ways of reading agree.
 
     Notes
     -----

@@ -23,7 +23,7 @@ import numpy.typing as npt
 if TYPE_CHECKING:
     import torch
 
-    from wsidet.slide import Scale, Slide
+    from wsidet.slide.wsi import Scale, Slide
 
 #: Pixels lighter than this (CIELAB L*) are glass or background, not stained tissue.
 MAX_TISSUE_L = 88.0

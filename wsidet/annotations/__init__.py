@@ -1,0 +1,1 @@
+"""Annotated images and slides: finding them, reading their points, cutting them into sources."""

@@ -1,0 +1,1 @@
+"""Scoring detections against annotations: matching, metrics, threshold choice."""

@@ -1,0 +1,1 @@
+"""Running a detector: the resident model, its batching queue, precision, and the slide pipeline."""

@@ -1,0 +1,1 @@
+"""What a run leaves on disk: detections (GeoParquet, GeoJSON), the manifest, atomic writes."""
