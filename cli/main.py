@@ -218,11 +218,18 @@ def _gpus(args: argparse.Namespace, cluster: str) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from wsidet.cohort.cluster import close_client, start_client
-    from wsidet.cohort.run import CohortProgress, find_slides, run_cohort
-    from wsidet.weights import resolve_method
+    from wsidet.cohort.run import CohortOptions, CohortProgress, find_slides, run_slides
+    from wsidet.inference.spec import ExecOptions, RunSpec
 
-    method, weights = resolve_method(
-        args.method, args.weights, allow_pickle=args.allow_pickle, **parse_params(args.param)
+    run = RunSpec.resolve(
+        args.method,
+        args.weights,
+        mpp=args.mpp,
+        tissue=not args.no_tissue,
+        stain=args.stain_normalise,
+        precision=args.precision,
+        allow_pickle=args.allow_pickle,
+        **parse_params(args.param),
     )
     slides = find_slides(args.slides)
     # Import the heavy libraries now, so a slide's timing measures the slide, not start-up.
@@ -263,26 +270,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         bars.write(f"dask dashboard: {link}")
 
     try:
-        summary = run_cohort(
+        summary = run_slides(
             slides,
             args.out,
-            method=method,
-            weights=weights,
+            run,
+            ExecOptions(
+                chunk=args.chunk,
+                tile=args.tile,
+                batch_size=args.batch_size,
+                device=args.device or ("cuda" if gpus else None),
+                allow_pickle=args.allow_pickle,
+            ),
+            CohortOptions(
+                formats=tuple(args.format),
+                overwrite=args.overwrite,
+                gpu_resource=gpu_resource,
+                raise_errors=args.debug,
+            ),
             client=client,
-            chunk=args.chunk,
-            device=args.device or ("cuda" if gpus else None),
-            tile=args.tile,
-            batch_size=args.batch_size,
-            tissue=not args.no_tissue,
-            stain=args.stain_normalise,
-            allow_pickle=args.allow_pickle,
-            precision=args.precision,
-            mpp=args.mpp,
-            formats=args.format,
-            overwrite=args.overwrite,
-            gpu_resource=gpu_resource,
             progress=CohortProgress(on_slide, bars.on_chunks, on_dashboard),
-            raise_errors=args.debug,
         )
     finally:
         bars.close()

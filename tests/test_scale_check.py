@@ -142,13 +142,14 @@ def test_auto_keeps_an_agreeing_file_value(sample_slide: Path) -> None:
 
 def test_wrong_mpp_warns_in_the_library(sample_slide: Path) -> None:
     from wsidet.inference.pipeline import plan_slide
+    from wsidet.inference.spec import RunSpec
 
     with pytest.warns(MppWarning, match=r"1/2\.\d of the 0\.5\d µm/px"):
-        plan = plan_slide(sample_slide, mpp=0.25)
+        plan = plan_slide(sample_slide, RunSpec.resolve(mpp=0.25))
     assert plan.warnings and plan.mpp_estimate is not None
     with warnings.catch_warnings():
         warnings.simplefilter("error", MppWarning)
-        right = plan_slide(sample_slide)
+        right = plan_slide(sample_slide, RunSpec.resolve())
     assert right.warnings == ()
 
 

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from wsidet.methods.base import Method
+# The resume key is the run's own (RunSpec.signature); re-exported for the resume checks.
+from wsidet.inference.spec import run_signature as run_signature
+from wsidet.output.metadata import read_parquet_metadata
 
 #: Bytes hashed at each end of a slide file for its fingerprint: TIFF headers and directories
 #: (dimensions, scanner metadata with dates, tile offsets) sit at the ends.
@@ -49,41 +51,6 @@ def slide_fingerprint(path: str | os.PathLike[str]) -> str:
             fh.seek(max(_FINGERPRINT_BYTES, size - _FINGERPRINT_BYTES))
             digest.update(fh.read(_FINGERPRINT_BYTES))
     return f"{size}:{digest.hexdigest()[:20]}"
-
-
-def run_signature(
-    fingerprint: str,
-    method: Method,
-    weights_hash: str | None,
-    *,
-    mpp: float | str | None,
-    tissue: bool,
-    stain: bool | dict[str, Any] = False,
-    precision: str = "auto",
-) -> dict[str, Any]:
-    """What determines a slide's detections (a JSON-able dict, compared for equality).
-
-    ``stain`` is False, True (normalised to the weights' own reference, which their hash
-    identifies) or the reference statistics given. ``precision`` is the one asked for
-    (``auto`` means fp16 on CUDA and fp32 or bf16 on a CPU, see :mod:`wsidet.inference.precision`).
-    ``mpp="auto"`` is recorded with what decides the estimate (its calibration and windows),
-    so outputs made by another estimator are not reused.
-    """
-    if mpp == "auto":
-        from wsidet.slide.nucleus_scale import NUCLEUS_SIGMA_UM
-        from wsidet.slide.scale_check import MIN_WINDOWS, WINDOW, WINDOWS
-
-        mpp = f"auto (σ {NUCLEUS_SIGMA_UM} µm, {MIN_WINDOWS}/{WINDOWS} windows of {WINDOW})"
-    return {
-        "slide": fingerprint,
-        "method": method.name,
-        "params": method.params(),
-        "weights_hash": weights_hash,
-        "mpp": mpp,
-        "tissue": bool(tissue),
-        "stain": stain,
-        "precision": precision,
-    }
 
 
 #: Signature entries older versions did not record, as they behaved: without stain
@@ -125,17 +92,14 @@ def differences(stored: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> 
 def stored_signature(path: Path) -> dict[str, Any] | None:
     """The signature in an output file's metadata (None if it has none or is unreadable)."""
     try:
-        meta = _parquet_meta(path) if path.name.endswith(".parquet") else _geojson_meta(path)
+        if path.name.endswith(".parquet"):
+            meta: Any = read_parquet_metadata(path)[0]
+        else:
+            meta = _geojson_meta(path)
     except (OSError, ValueError, KeyError, TypeError, EOFError):
         return None
     signature = meta.get("signature") if isinstance(meta, dict) else None
     return signature if isinstance(signature, dict) else None
-
-
-def _parquet_meta(path: Path) -> Any:
-    import pyarrow.parquet as pq
-
-    return json.loads(pq.read_schema(path).metadata[b"PANDAS_ATTRS"])["wsidet"]
 
 
 def _geojson_meta(path: Path, limit: int = 1 << 26) -> Any:

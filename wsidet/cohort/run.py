@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wsidet.cohort.resume import output_state, run_signature, slide_fingerprint
+from wsidet.cohort.resume import output_state, slide_fingerprint
 from wsidet.errors import OutputExistsError, SlideNotFoundError, WsidetError
 from wsidet.inference.detector import DEFAULT_TILE
-from wsidet.inference.pipeline import SlidePlan, detect_slide, plan_slide
-from wsidet.inference.precision import check_precision
+from wsidet.inference.pipeline import SlidePlan, detect, plan_slide
+from wsidet.inference.spec import ExecOptions, RunSpec
 from wsidet.limits import check_block_memory, check_run_numbers
 from wsidet.methods.base import Method
 from wsidet.output.detections import output_paths, read_detections, write_detections
@@ -49,6 +49,7 @@ from wsidet.output.manifest import (
     load_rows,
     read_manifest,
 )
+from wsidet.output.metadata import SlideMetadata, read_parquet_metadata
 from wsidet.slide.reader import check_slide_file
 from wsidet.slide.stain import StainStats
 from wsidet.slide.wsi import slide_id_for
@@ -57,12 +58,14 @@ from wsidet.tiling import DEFAULT_CHUNK
 __all__ = [
     "MANIFEST",
     "CohortError",
+    "CohortOptions",
     "CohortProgress",
     "CohortSummary",
     "SlideResult",
     "find_slides",
     "read_manifest",
     "run_cohort",
+    "run_slides",
 ]
 
 logger = logging.getLogger(__name__)
@@ -262,203 +265,265 @@ def run_cohort(
     ManifestError
         The manifest could not be written at the end (the slides' outputs are written).
     """
-    from wsidet.inference.detector import DetectorSpec
-    from wsidet.inference.detector import weights_hash as hash_weights
-    from wsidet.weights import normalises_stain, required_stain_reference, resolve_method
-
-    started = time.perf_counter()
-    out_dir = Path(out)
-    check_run_numbers(mpp=mpp, chunk=chunk, tile=tile, batch_size=batch_size)
+    options = ExecOptions(chunk, tile, batch_size, device, allow_pickle)
+    check_run_numbers(mpp=mpp)
     slides = find_slides(paths)
+    check_writable(Path(out))
+    run = RunSpec.resolve(
+        method,
+        weights,
+        mpp=mpp,
+        tissue=tissue,
+        stain=stain,
+        precision=precision,
+        allow_pickle=allow_pickle,
+    )
+    settings = CohortOptions(
+        tuple(formats), overwrite, gpu_resource, retries, max_in_flight, raise_errors
+    )
+    return run_slides(slides, out, run, options, settings, client=client, progress=progress)
+
+
+@dataclass(frozen=True)
+class CohortOptions:
+    """How a cohort run treats its output folder and its cluster; none of it changes points.
+
+    Attributes
+    ----------
+    formats : tuple of str
+        Output formats; Parquet is always written (it carries the signature resuming reads).
+    overwrite : bool
+        Recompute slides whose outputs exist, replacing them.
+    gpu_resource : str, optional
+        Worker resource chunk tasks require (e.g. ``"GPU"``).
+    retries : int
+        Extra attempts for a task that raised (a worker lost is handled by dask regardless).
+    max_in_flight : int, optional
+        Slides being processed at once on a cluster (default: twice the workers).
+    raise_errors : bool
+        Raise a slide's error instead of recording it and going on (for debugging).
+    """
+
+    formats: tuple[str, ...] = ("parquet",)
+    overwrite: bool = False
+    gpu_resource: str | None = None
+    retries: int = 1
+    max_in_flight: int | None = None
+    raise_errors: bool = False
+
+    @property
+    def all_formats(self) -> list[str]:
+        """``formats`` with Parquet first, each once."""
+        return list(dict.fromkeys(["parquet", *self.formats]))
+
+
+def run_slides(
+    slides: Sequence[Path],
+    out: str | os.PathLike[str],
+    run: RunSpec,
+    options: ExecOptions,
+    settings: CohortOptions | None = None,
+    *,
+    client: Any = None,
+    progress: CohortProgress | None = None,
+) -> CohortSummary:
+    """:func:`run_cohort` with its settings resolved (the slides found, the specs built).
+
+    Parameters
+    ----------
+    slides : sequence of Path
+        From :func:`find_slides`.
+    out : path
+        Output folder.
+    run : RunSpec
+        What decides the points (and so the resume key).
+    options : ExecOptions
+        How chunks are computed.
+    settings : CohortOptions, optional
+    client : distributed.Client, optional
+        Where to compute; None: in this process.
+    progress : CohortProgress, optional
+
+    Returns
+    -------
+    CohortSummary
+
+    Raises
+    ------
+    CohortError, ParameterError, WeightsError, DeviceError, ManifestError
+        As :func:`run_cohort`.
+    """
+    started = time.perf_counter()
+    settings = settings or CohortOptions()
+    out_dir = Path(out)
     check_writable(out_dir)
-    if not isinstance(method, Method):
-        method, resolved = resolve_method(method, weights, allow_pickle=allow_pickle)
-        weights = resolved if weights is None else weights
-    formats = list(dict.fromkeys(["parquet", *formats]))
-    weights_path = os.fspath(weights) if weights is not None else None
-    w_hash = hash_weights(weights_path) if weights_path else None
-    if stain is None:  # as the weights ask; the signature records what is done
-        stain = normalises_stain(weights_path, allow_pickle=allow_pickle)
-    progress = progress or CohortProgress()
     for stale in clean_stale_temporaries(out_dir):
         logger.info("removed %s, left by an interrupted run", stale)
-    manifest = ManifestWriter(out_dir, load_rows(out_dir))
-    finished: list[SlideResult] = []
-    signatures: dict[Path, dict[str, Any]] = {}
-
-    def report(result: SlideResult, *, keep_row: bool = False) -> None:
-        # keep_row: the folder's row still describes its outputs (a refused slide).
-        if not (keep_row and result.slide_id in manifest.rows):
-            try:
-                manifest.put(result)
-            except ManifestError as exc:
-                # Outputs are the authority: go on; the rows are written with the next
-                # slide's, and the last attempt's error reaches the caller.
-                logger.info("%s; retrying after the next slide", exc)
-        finished.append(result)
-        if progress.on_slide is not None:
-            progress.on_slide(result, len(finished), len(slides))
-
-    def failed(path: Path, exc: BaseException, seconds: float = 0.0, **row: Any) -> None:
-        if raise_errors:
-            raise exc
-        logger.info("slide %s failed: %s", path, _one_line(exc))
-        result = SlideResult(
-            str(path), slide_id_for(path), "failed", seconds=seconds,
-            error=_one_line(exc), method=method.name,
-        )  # fmt: skip
-        report(result, **row)
-
-    def done(path: Path, frame: Any, seconds: float) -> None:
-        meta = frame.attrs["wsidet"]
-        meta["signature"] = signatures[path]
-        try:
-            # Parquet last: its presence with this signature is what marks a slide done.
-            write_detections(frame, out_dir, formats=[*formats[1:], "parquet"], overwrite=True)
-        except (OSError, ValueError) as exc:  # a full disk or a lost mount: this slide only
-            failed(path, exc, seconds)
-            return
-        report(_row(path, meta, len(frame), seconds, reused=False))
-
-    todo: list[Path] = []
+    record = _Record(
+        out_dir, ManifestWriter(out_dir, load_rows(out_dir)), run.method.name,
+        settings, progress or CohortProgress(), len(slides),
+    )  # fmt: skip
     try:
-        for path in slides:
-            slide_id = slide_id_for(path)
-            if slide_id in RESERVED_IDS:
-                failed(path, CohortError(f"slide id {slide_id!r} is reserved; rename {path}"))
-                continue
-            try:
-                check_slide_file(path)
-            except SlideNotFoundError as exc:
-                failed(path, exc)
-                continue
-            try:
-                fingerprint = slide_fingerprint(path)
-            except OSError as exc:  # unreadable (permissions, a lost mount): this slide only
-                failed(path, exc)
-                continue
-            signature = run_signature(
-                fingerprint, method, w_hash, mpp=mpp, tissue=tissue,
-                stain=stain.as_dict() if isinstance(stain, StainStats) else bool(stain),
-                precision=precision,
-            )  # fmt: skip
-            signatures[path] = signature
-            targets = output_paths(out_dir, slide_id, formats)
-            state = output_state(targets, signature, overwrite=overwrite)
-            if state.action == "conflict":
-                failed(path, OutputExistsError(state.reason), keep_row=True)
-            elif state.action == "reuse":
-                try:
-                    meta = _complete(targets, state.missing)
-                except (OSError, ValueError) as exc:
-                    failed(path, exc)
-                    continue
-                report(_row(path, meta, meta["n_points"], 0.0, reused=True))
-            else:
-                todo.append(path)
-
+        todo = [path for path in slides if _needs_run(path, run, record)]
         if todo:
-            # Method, weights and device problems concern every slide: fail once, first.
-            if stain is True:
-                required_stain_reference(weights_path, method.name, allow_pickle=allow_pickle)
-            spec = DetectorSpec(
-                method,
-                weights=weights_path,
-                device=device,
-                tile=tile,
-                batch_size=batch_size,
-                allow_pickle=allow_pickle,
-                precision=check_precision(precision),
-            )
-            if client is None:
-                spec.get()
-            else:  # the driver may have no GPU: check the weights fit on its CPU
-                dataclasses.replace(spec, device="cpu", precision="fp32").get()
-                _check_resource(client, gpu_resource)
-            check_block_memory(
-                method,
-                chunk=chunk,
-                tile=tile,
-                batch_size=batch_size or spec.get_batch_size(),
-            )
-        options = {
-            "weights": weights_path,
-            "mpp": mpp,
-            "chunk": chunk,
-            "device": device,
-            "tile": tile,
-            "batch_size": batch_size,
-            "tissue": tissue,
-            "stain": stain,
-            "allow_pickle": allow_pickle,
-            "precision": precision,
-        }
+            _check_runnable(run, options, client, settings.gpu_resource)
         if client is None:
-            _run_local(todo, method, options, done, failed, progress)
+            _run_local(todo, run, options, record)
         elif todo:
             dashboard = getattr(client, "dashboard_link", None)
-            if dashboard and progress.on_dashboard is not None:
-                progress.on_dashboard(dashboard)
-            _run_distributed(
-                todo, method, options, client, done, failed, progress,
-                gpu_resource=gpu_resource, retries=retries, max_in_flight=max_in_flight,
-            )  # fmt: skip
+            if dashboard and record.progress.on_dashboard is not None:
+                record.progress.on_dashboard(dashboard)
+            _Window(client, run, options, settings, record).run(todo)
     except BaseException:
         with contextlib.suppress(ManifestError):  # the first error is the one to report
-            manifest.flush()
+            record.manifest.flush()
         raise
-    manifest.flush()
+    record.manifest.flush()
     order = {str(p): i for i, p in enumerate(slides)}
-    finished.sort(key=lambda r: order.get(r.path, len(order)))
+    record.finished.sort(key=lambda r: order.get(r.path, len(order)))
     return CohortSummary(
-        finished,
+        record.finished,
         time.perf_counter() - started,
         getattr(client, "dashboard_link", None) if client is not None else None,
     )
 
 
+@dataclass
+class _Record:
+    """Where each slide's outcome goes: its outputs, the manifest row, the caller's progress."""
+
+    out: Path
+    manifest: ManifestWriter
+    method: str
+    settings: CohortOptions
+    progress: CohortProgress
+    total: int
+    finished: list[SlideResult] = dataclasses.field(default_factory=list)
+    signatures: dict[Path, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def report(self, result: SlideResult, *, keep_row: bool = False) -> None:
+        """Record a slide's result (``keep_row``: its old row still describes its outputs)."""
+        if not (keep_row and result.slide_id in self.manifest.rows):
+            try:
+                self.manifest.put(result)
+            except ManifestError as exc:
+                # Outputs are the authority: go on; the rows are written with the next
+                # slide's, and the last attempt's error reaches the caller.
+                logger.info("%s; retrying after the next slide", exc)
+        self.finished.append(result)
+        if self.progress.on_slide is not None:
+            self.progress.on_slide(result, len(self.finished), self.total)
+
+    def failed(
+        self, path: Path, exc: BaseException, seconds: float = 0.0, *, keep_row: bool = False
+    ) -> None:
+        """A slide that could not be done, with its error in one line."""
+        if self.settings.raise_errors:
+            raise exc
+        logger.info("slide %s failed: %s", path, _one_line(exc))
+        result = SlideResult(
+            str(path), slide_id_for(path), "failed", seconds=seconds,
+            error=_one_line(exc), method=self.method,
+        )  # fmt: skip
+        self.report(result, keep_row=keep_row)
+
+    def done(self, path: Path, frame: Any, seconds: float) -> None:
+        """Write a slide's detections (Parquet last: it marks the slide done) and its row."""
+        meta = frame.attrs["wsidet"]
+        meta["signature"] = self.signatures[path]
+        formats = self.settings.all_formats
+        try:
+            write_detections(frame, self.out, formats=[*formats[1:], "parquet"], overwrite=True)
+        except (OSError, ValueError) as exc:  # a full disk or a lost mount: this slide only
+            self.failed(path, exc, seconds)
+            return
+        self.report(_row(path, SlideMetadata.from_dict(meta), len(frame), seconds, reused=False))
+
+
+def _needs_run(path: Path, run: RunSpec, record: _Record) -> bool:
+    """Whether ``path`` must be computed; records it when it fails, conflicts or is reused."""
+    slide_id = slide_id_for(path)
+    if slide_id in RESERVED_IDS:
+        record.failed(path, CohortError(f"slide id {slide_id!r} is reserved; rename {path}"))
+        return False
+    try:
+        check_slide_file(path)
+        fingerprint = slide_fingerprint(path)
+    except (SlideNotFoundError, OSError) as exc:  # unreadable, a lost mount: this slide only
+        record.failed(path, exc)
+        return False
+    signature = run.signature(fingerprint)
+    record.signatures[path] = signature
+    targets = output_paths(record.out, slide_id, record.settings.all_formats)
+    state = output_state(targets, signature, overwrite=record.settings.overwrite)
+    if state.action == "conflict":
+        record.failed(path, OutputExistsError(state.reason), keep_row=True)
+        return False
+    if state.action == "reuse":
+        try:
+            meta, n_points = _complete(targets, state.missing)
+        except (OSError, ValueError) as exc:
+            record.failed(path, exc)
+        else:
+            record.report(_row(path, meta, n_points, 0.0, reused=True))
+        return False
+    return True
+
+
+def _check_runnable(run: RunSpec, options: ExecOptions, client: Any, resource: str | None) -> None:
+    """Method, weights and device problems concern every slide: fail once, before any."""
+    from wsidet.weights import required_stain_reference
+
+    if run.stain is True:
+        required_stain_reference(run.weights, run.method.name, allow_pickle=options.allow_pickle)
+    spec = run.detector(options)
+    if client is None:
+        spec.get()
+    else:  # the driver may have no GPU: check the weights fit on its CPU
+        dataclasses.replace(spec, device="cpu", precision="fp32").get()
+        _check_resource(client, resource)
+    check_block_memory(
+        run.method, chunk=options.chunk, tile=options.tile, batch_size=spec.get_batch_size()
+    )
+
+
 def _row(
-    path: Path, meta: dict[str, Any], n_points: int, seconds: float, *, reused: bool
+    path: Path, meta: SlideMetadata, n_points: int, seconds: float, *, reused: bool
 ) -> SlideResult:
     """A done slide's manifest row from its outputs' metadata."""
-    run = meta.get("run", {})
 
-    def number(key: str) -> float:
-        value = run.get(key)
+    def number(value: float | None) -> float:
         return float("nan") if value is None else float(value)
 
     return SlideResult(
         str(path),
-        meta["slide"]["slide_id"],
+        meta.slide.slide_id,
         "done",
         n_points=int(n_points),
         seconds=seconds,
-        method=meta["method"],
-        weights_hash=meta.get("weights_hash") or "",
-        params=json.dumps(meta["params"], sort_keys=True),
-        output=f"{meta['slide']['slide_id']}.parquet",
-        processed_mpx=float(run.get("processed_mpx") or 0.0),
-        area_mm2=number("processed_area_mm2"),
-        tissue_mm2=number("tissue_area_mm2"),
-        totals=json.dumps(meta.get("totals", {})),
-        warnings=json.dumps(meta.get("warnings") or []),
-        signature=json.dumps(meta.get("signature"), sort_keys=True),
+        method=meta.method,
+        weights_hash=meta.weights_hash or "",
+        params=json.dumps(meta.params, sort_keys=True),
+        output=f"{meta.slide.slide_id}.parquet",
+        processed_mpx=float(meta.run.processed_mpx or 0.0),
+        area_mm2=number(meta.run.processed_area_mm2),
+        tissue_mm2=number(meta.run.tissue_area_mm2),
+        totals=json.dumps(meta.totals),
+        warnings=json.dumps(meta.warnings),
+        signature=json.dumps(meta.signature, sort_keys=True),
         reused=reused,
     )
 
 
-def _complete(targets: dict[str, Path], missing: Sequence[str]) -> dict[str, Any]:
-    """Metadata of a done slide (plus its point count), writing ``missing`` formats first."""
-    import pyarrow.parquet as pq
-
+def _complete(targets: dict[str, Path], missing: Sequence[str]) -> tuple[SlideMetadata, int]:
+    """Metadata and point count of a done slide, writing ``missing`` formats first."""
     parquet = targets["parquet"]
     if missing:
         frame = read_detections(parquet)
         for fmt in missing:
             write_detections(frame, parquet.parent, formats=[fmt])
-    meta: dict[str, Any] = json.loads(pq.read_schema(parquet).metadata[b"PANDAS_ATTRS"])["wsidet"]
-    meta["n_points"] = pq.read_metadata(parquet).num_rows
-    return meta
+    meta, n_points = read_parquet_metadata(parquet)
+    return SlideMetadata.from_dict(meta), n_points
 
 
 def _check_resource(client: Any, resource: str | None) -> None:
@@ -470,118 +535,125 @@ def _check_resource(client: Any, resource: str | None) -> None:
         raise CohortError(f"no worker of the cluster offers the resource {resource!r}")
 
 
-def _run_local(
-    todo: Sequence[Path],
-    method: Method,
-    options: dict[str, Any],
-    done: Callable[[Path, Any, float], None],
-    failed: Callable[..., None],
-    progress: CohortProgress,
-) -> None:
+def _run_local(todo: Sequence[Path], run: RunSpec, options: ExecOptions, record: _Record) -> None:
     """Slides one after another in this process, chunks on dask's thread pool."""
     counts = {"earlier": 0, "this": 0}  # chunks: progress counts over the whole cohort
+    on_chunks = record.progress.on_chunks
 
     def count(done: int, total: int) -> None:
         counts["this"] = total
-        if progress.on_chunks is not None:
-            progress.on_chunks(counts["earlier"] + done, counts["earlier"] + total)
+        if on_chunks is not None:
+            on_chunks(counts["earlier"] + done, counts["earlier"] + total)
 
     for path in todo:
         started = time.perf_counter()
         counts["this"] = 0
         try:
-            frame = detect_slide(path, method, progress=count, **options)
+            frame = detect(path, run, options, progress=count)
         except Exception as exc:  # one bad slide must not stop the others
-            failed(path, exc, time.perf_counter() - started)
+            record.failed(path, exc, time.perf_counter() - started)
             continue
         counts["earlier"] += counts["this"]
-        done(path, frame, time.perf_counter() - started)
+        record.done(path, frame, time.perf_counter() - started)
 
 
-def _run_distributed(
-    todo: Sequence[Path],
-    method: Method,
-    options: dict[str, Any],
-    client: Any,
-    done: Callable[[Path, Any, float], None],
-    failed: Callable[..., None],
-    progress: CohortProgress,
-    *,
-    gpu_resource: str | None,
-    retries: int,
-    max_in_flight: int | None,
-) -> None:
-    """Plan slides on workers, then run their chunks as plain tasks; a window of slides at once."""
-    from distributed import as_completed
+class _Window:
+    """Slides on a cluster: planned on workers, their chunks run as plain tasks.
 
-    workers = max(1, len(client.nthreads()))
-    window = max_in_flight or max(2, 2 * workers)
-    queue = list(todo)
-    futures = as_completed()
-    kind: dict[Any, tuple[str, Path]] = {}
-    plans: dict[Path, SlidePlan] = {}
-    chunks: dict[Path, list[Any]] = {}
-    remaining: dict[Path, int] = {}
-    started: dict[Path, float] = {}
-    chunks_done = chunks_total = 0
-    resources = {gpu_resource: 1} if gpu_resource else None
+    At most ``max_in_flight`` slides are in progress at once, so a cohort of thousands does
+    not put every slide's graph on the scheduler; a slide's futures are dropped with it.
+    """
 
-    def start_next() -> None:
-        while queue and len(started) < window:
-            path = queue.pop(0)
-            started[path] = time.perf_counter()
-            plan = client.submit(plan_slide, path, method, pure=False, retries=retries, **options)
-            kind[plan] = ("plan", path)
-            futures.add(plan)
+    def __init__(
+        self,
+        client: Any,
+        run: RunSpec,
+        options: ExecOptions,
+        settings: CohortOptions,
+        record: _Record,
+    ) -> None:
+        from distributed import as_completed
 
-    def finish(path: Path, results: list[Any]) -> None:
-        seconds = time.perf_counter() - started.pop(path)
-        remaining.pop(path, None)
-        try:
-            frame = plans.pop(path).finish(results, seconds)
-        except Exception as exc:
-            failed(path, exc, seconds)
-            return
-        done(path, frame, seconds)
+        self.client, self.run_spec, self.options = client, run, options
+        self.retries, self.record = settings.retries, record
+        self.resources = {settings.gpu_resource: 1} if settings.gpu_resource else None
+        workers = max(1, len(client.nthreads()))
+        self.window = settings.max_in_flight or max(2, 2 * workers)
+        self.futures = as_completed()
+        self.kind: dict[Any, tuple[str, Path]] = {}
+        self.plans: dict[Path, SlidePlan] = {}
+        self.chunks: dict[Path, list[Any]] = {}
+        self.remaining: dict[Path, int] = {}
+        self.started: dict[Path, float] = {}
+        self.chunks_done = self.chunks_total = 0
 
-    def give_up(path: Path, exc: BaseException) -> None:
-        for f in chunks.pop(path, []):
-            f.cancel()
-        plans.pop(path, None)
-        remaining.pop(path, None)
-        failed(path, exc, time.perf_counter() - started.pop(path))
-
-    start_next()
-    for future in futures:
-        what, path = kind.pop(future, ("stale", Path()))
-        if what == "stale" or path not in started:
-            continue  # a future of a slide that already failed
-        if future.status == "error":
-            give_up(path, future.exception())
-        elif what == "plan":
-            plan = future.result()
-            plans[path] = plan
-            tasks = plan.tasks()
-            if not tasks:  # no tissue: an empty result, not an error
-                finish(path, [])
+    def run(self, todo: Sequence[Path]) -> None:
+        """Process ``todo``, reporting each slide to the record as it finishes."""
+        queue = list(todo)
+        self._start(queue)
+        for future in self.futures:
+            what, path = self.kind.pop(future, ("stale", Path()))
+            if what == "stale" or path not in self.started:
+                continue  # a future of a slide that already failed
+            if future.status == "error":
+                self._give_up(path, future.exception())
+            elif what == "plan":
+                self._planned(path, future.result())
             else:
-                fs = client.compute(tasks, resources=resources, retries=retries)
-                chunks[path] = fs
-                remaining[path] = len(fs)
-                chunks_total += len(fs)
-                for f in fs:
-                    kind[f] = ("chunk", path)
-                    futures.add(f)
-        else:
-            chunks_done += 1
-            remaining[path] -= 1
-            if remaining[path] == 0:
-                try:
-                    results = client.gather(chunks.pop(path))
-                except Exception as exc:  # a result lost with its worker after retries
-                    give_up(path, exc)
-                else:
-                    finish(path, results)
-        if progress.on_chunks is not None and what == "chunk":
-            progress.on_chunks(chunks_done, chunks_total)
-        start_next()
+                self._chunk_done(path)
+            on_chunks = self.record.progress.on_chunks
+            if on_chunks is not None and what == "chunk":
+                on_chunks(self.chunks_done, self.chunks_total)
+            self._start(queue)
+
+    def _start(self, queue: list[Path]) -> None:
+        while queue and len(self.started) < self.window:
+            path = queue.pop(0)
+            self.started[path] = time.perf_counter()
+            plan = self.client.submit(
+                plan_slide, path, self.run_spec, self.options, pure=False, retries=self.retries
+            )
+            self.kind[plan] = ("plan", path)
+            self.futures.add(plan)
+
+    def _planned(self, path: Path, plan: SlidePlan) -> None:
+        self.plans[path] = plan
+        tasks = plan.tasks()
+        if not tasks:  # no tissue: an empty result, not an error
+            self._finish(path, [])
+            return
+        fs = self.client.compute(tasks, resources=self.resources, retries=self.retries)
+        self.chunks[path] = fs
+        self.remaining[path] = len(fs)
+        self.chunks_total += len(fs)
+        for f in fs:
+            self.kind[f] = ("chunk", path)
+            self.futures.add(f)
+
+    def _chunk_done(self, path: Path) -> None:
+        self.chunks_done += 1
+        self.remaining[path] -= 1
+        if self.remaining[path] == 0:
+            try:
+                results = self.client.gather(self.chunks.pop(path))
+            except Exception as exc:  # a result lost with its worker after retries
+                self._give_up(path, exc)
+            else:
+                self._finish(path, results)
+
+    def _finish(self, path: Path, results: list[Any]) -> None:
+        seconds = time.perf_counter() - self.started.pop(path)
+        self.remaining.pop(path, None)
+        try:
+            frame = self.plans.pop(path).finish(results, seconds)
+        except Exception as exc:
+            self.record.failed(path, exc, seconds)
+            return
+        self.record.done(path, frame, seconds)
+
+    def _give_up(self, path: Path, exc: BaseException) -> None:
+        for f in self.chunks.pop(path, []):
+            f.cancel()
+        self.plans.pop(path, None)
+        self.remaining.pop(path, None)
+        self.record.failed(path, exc, time.perf_counter() - self.started.pop(path))

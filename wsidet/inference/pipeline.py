@@ -31,14 +31,15 @@ import numpy.typing as npt
 from wsidet._version import __version__
 from wsidet.errors import MppWarning
 from wsidet.inference.detector import DEFAULT_TILE, Detections, DetectorSpec
-from wsidet.inference.precision import check_precision
+from wsidet.inference.spec import ExecOptions, RunSpec
 from wsidet.limits import check_block_memory
 from wsidet.methods import DEFAULT_METHOD
 from wsidet.methods.base import Method
+from wsidet.output.metadata import RunInfo, ScaleInfo, SlideInfo, SlideMetadata
 from wsidet.slide.stain import Reinhard, StainStats, slide_stain_stats
 from wsidet.slide.wsi import Scale, Slide, open_slide
 from wsidet.tiling import DEFAULT_CHUNK, Grid
-from wsidet.weights import resolve_method, resolve_stain
+from wsidet.weights import resolve_stain
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -257,16 +258,18 @@ class SlidePlan:
     Attributes
     ----------
     slide : Slide
-    spec : DetectorSpec
-        The method, its weights and the inference settings.
+    run : RunSpec
+        What decides the points.
+    options : ExecOptions
+        How they are computed.
+    detector : DetectorSpec
+        The resident detector's recipe (from ``run`` and ``options``).
     scale : Scale
         Where the method reads the slide.
     grid : Grid
         Chunks and halo at that scale.
     blocks : tuple of (i, j)
         The chunks to process (those on tissue).
-    tissue : bool
-        Whether chunks and points are limited to tissue.
     stain : Reinhard, optional
         The slide's colour normalisation to the training data's.
     mpp_estimate : float, optional
@@ -278,11 +281,12 @@ class SlidePlan:
     """
 
     slide: Slide
-    spec: DetectorSpec
+    run: RunSpec
+    options: ExecOptions
+    detector: DetectorSpec
     scale: Scale
     grid: Grid
     blocks: tuple[tuple[int, int], ...]
-    tissue: bool
     stain: Reinhard | None = None
     mpp_estimate: float | None = None
     warnings: tuple[str, ...] = ()
@@ -290,12 +294,12 @@ class SlidePlan:
     @property
     def method(self) -> Method:
         """The detection method."""
-        return self.spec.method
+        return self.run.method
 
     def tasks(self) -> list[Any]:
         """One delayed detection per block (see :func:`block_tasks`)."""
         image = self.slide.to_dask(self.scale, chunks=self.grid.chunks)
-        return block_tasks(image, self.grid, self.spec, self.blocks, self.stain)
+        return block_tasks(image, self.grid, self.detector, self.blocks, self.stain)
 
     @property
     def processed_mpx(self) -> float:
@@ -307,103 +311,110 @@ class SlidePlan:
         """The slide's detections from its blocks' results (in ``blocks`` order).
 
         Maps points to level 0, drops those off tissue, and records the slide, method, scale,
-        totals, timing and warnings in ``attrs["wsidet"]``; each warning is also issued as an
-        :class:`~wsidet.errors.MppWarning`.
+        totals, timing and warnings in ``attrs["wsidet"]`` (:class:`SlideMetadata`); each
+        warning is also issued as an :class:`~wsidet.errors.MppWarning`.
         """
         from wsidet.output.detections import detections_frame
-        from wsidet.slide.scale_check import density_problem
 
         found = merge_detections(results)
-        slide, scale, grid, method = self.slide, self.scale, self.grid, self.method
+        xy = self.scale.to_level0(found.points_yx)[:, ::-1]
         scores = found.scores
-        xy = scale.to_level0(found.points_yx)[:, ::-1]
-        if self.tissue and len(xy):
-            on_tissue = slide.tissue_mask().contains(xy)
+        if self.run.tissue and len(xy):
+            on_tissue = self.slide.tissue_mask().contains(xy)
             xy, scores = xy[on_tissue], scores[on_tissue]
-        mpx = self.processed_mpx
-        fraction = slide.tissue_mask().fraction if self.tissue else None
+        metadata = self.metadata(found.totals, [r.totals for r in results], len(xy), seconds)
+        return detections_frame(
+            xy,
+            scores,
+            method=self.method.name,
+            slide_id=self.slide.slide_id,
+            metadata=metadata.to_dict(),
+        )
+
+    def metadata(
+        self,
+        totals: dict[str, float],
+        block_totals: Sequence[dict[str, float]],
+        n_points: int,
+        seconds: float,
+    ) -> SlideMetadata:
+        """What :meth:`finish` records, given the merged and per-block totals."""
+        from wsidet.slide.scale_check import density_problem
+
+        slide, scale, grid = self.slide, self.scale, self.grid
+        cost = self._cost(seconds)
+        notes = list(self.warnings)
+        if cost.tissue_area_mm2 is not None:
+            problem = density_problem(n_points, cost.tissue_area_mm2)
+            if problem is not None:
+                warnings.warn(f"{slide.slide_id}: {problem}", MppWarning, stacklevel=3)
+                notes.append(problem)
+        stain = self.stain
+        info = SlideInfo(
+            path=str(slide.path),
+            slide_id=slide.slide_id,
+            mpp=slide.mpp,
+            mpp_source=slide.mpp_source,
+            mpp_estimate=self.mpp_estimate,
+            height=slide.shape[0],
+            width=slide.shape[1],
+            vendor=slide.vendor,
+        )
+        where = ScaleInfo(
+            level=scale.level.index,
+            factor=scale.factor,
+            mpp=scale.mpp,
+            halo=grid.halo,
+            chunks_total=grid.n_blocks[0] * grid.n_blocks[1],
+            chunks_processed=len(self.blocks),
+        )
+        return SlideMetadata(
+            version=__version__,
+            slide=info,
+            method=self.method.name,
+            params=self.method.params(),
+            precision=self.detector.precision,
+            weights=self.detector.weights,
+            weights_hash=self.run.weights_hash,
+            stain=None
+            if stain is None
+            else {"slide": stain.source.as_dict(), "reference": stain.target.as_dict()},
+            scale=where,
+            totals=totals,
+            chunk_totals=[
+                {"box": _level0_box(scale, grid.core_box(ix)), **t}
+                for ix, t in zip(self.blocks, block_totals, strict=True)
+                if t
+            ],
+            run=cost,
+            warnings=notes,
+        )
+
+    def _cost(self, seconds: float) -> RunInfo:
+        """Time, pixels and area of the run (tissue area only with ``run.tissue``)."""
+        slide, mpx = self.slide, self.processed_mpx
+        fraction = slide.tissue_mask().fraction if self.run.tissue else None
         tissue_mm2 = (
             fraction * slide.shape[0] * slide.shape[1] * slide.mpp**2 / 1e6
             if fraction is not None and slide.mpp is not None
             else None
         )
-        notes = list(self.warnings)
-        if tissue_mm2 is not None:
-            problem = density_problem(len(xy), tissue_mm2)
-            if problem is not None:
-                warnings.warn(f"{slide.slide_id}: {problem}", MppWarning, stacklevel=2)
-                notes.append(problem)
-        metadata = {
-            "version": __version__,
-            "slide": {
-                "path": str(slide.path),
-                "slide_id": slide.slide_id,
-                "mpp": slide.mpp,
-                "mpp_source": slide.mpp_source,
-                "mpp_estimate": self.mpp_estimate,
-                "height": slide.shape[0],
-                "width": slide.shape[1],
-                "vendor": slide.vendor,
-            },
-            "method": method.name,
-            "params": method.params(),
-            "precision": self.spec.precision,
-            "weights": self.spec.weights,
-            "weights_hash": self.spec.weights_hash,
-            "stain": None
-            if self.stain is None
-            else {"slide": self.stain.source.as_dict(), "reference": self.stain.target.as_dict()},
-            "scale": {
-                "level": scale.level.index,
-                "factor": scale.factor,
-                "mpp": scale.mpp,
-                "halo": grid.halo,
-                "chunks_total": grid.n_blocks[0] * grid.n_blocks[1],
-                "chunks_processed": len(self.blocks),
-            },
-            # Sums of the method's aggregate maps (e.g. FCRN's count), per slide and per
-            # chunk (chunk boxes in level-0 pixels: x0, y0, x1, y1).
-            "totals": found.totals,
-            "chunk_totals": [
-                {"box": _level0_box(scale, grid.core_box(ix)), **r.totals}
-                for ix, r in zip(self.blocks, results, strict=True)
-                if r.totals
-            ],
-            "run": {
-                "seconds": seconds,
-                "processed_mpx": mpx,
-                # Area of the chunks processed (tissue and the glass around it in them).
-                "processed_area_mm2": mpx * scale.mpp**2 if scale.mpp is not None else None,
-                "tissue_fraction": fraction,
-                "tissue_area_mm2": tissue_mm2,
-            },
-            "warnings": notes,
-        }
-        return detections_frame(
-            xy, scores, method=method.name, slide_id=slide.slide_id, metadata=metadata
+        return RunInfo(
+            seconds=seconds,
+            processed_mpx=mpx,
+            processed_area_mm2=mpx * self.scale.mpp**2 if self.scale.mpp is not None else None,
+            tissue_fraction=fraction,
+            tissue_area_mm2=tissue_mm2,
         )
 
 
 def plan_slide(
-    slide: Slide | str | os.PathLike[str],
-    method: str | Method = DEFAULT_METHOD,
-    *,
-    weights: str | os.PathLike[str] | None = None,
-    mpp: float | str | None = None,
-    chunk: int = DEFAULT_CHUNK,
-    device: str | None = None,
-    tile: int = DEFAULT_TILE,
-    batch_size: int | None = None,
-    tissue: bool = True,
-    stain: bool | StainStats | None = None,
-    allow_pickle: bool = False,
-    precision: str = "auto",
-    check_mpp: bool = True,
+    slide: Slide | str | os.PathLike[str], run: RunSpec, options: ExecOptions | None = None
 ) -> SlidePlan:
     """Open a slide, choose its scale and chunks, and find the chunks on tissue.
 
-    Parameters are those of :func:`detect_slide`. Reads only the slide's metadata, a
-    low-resolution level (for the tissue mask) and, with ``stain``, a few windows of tissue.
+    Reads only the slide's metadata, a low-resolution level (for the tissue mask) and, with
+    stain normalisation, a few windows of tissue.
 
     Raises
     ------
@@ -414,47 +425,75 @@ def plan_slide(
     """
     from wsidet.slide.scale_check import resolve_mpp
 
-    numeric = None if isinstance(mpp, str) else mpp
+    options = options or ExecOptions()
+    method = run.method
+    numeric = None if isinstance(run.mpp, str) else run.mpp
     if not isinstance(slide, Slide):
         slide = open_slide(slide, mpp=numeric)
     elif numeric is not None:
         slide = slide.with_mpp(numeric, "override")
-    slide, estimate, notes = resolve_mpp(slide, mpp, check=check_mpp)
+    slide, estimate, notes = resolve_mpp(slide, run.mpp, check=options.check_mpp)
     for note in notes:
         warnings.warn(f"{slide.slide_id}: {note}", MppWarning, stacklevel=2)
-    if isinstance(method, str):
-        method, resolved = resolve_method(method, weights, allow_pickle=allow_pickle)
-        weights = resolved if weights is None else weights
-    spec = DetectorSpec(
-        method,
-        weights=os.fspath(weights) if weights is not None else None,
-        device=device,
-        tile=tile,
-        batch_size=batch_size,
-        allow_pickle=allow_pickle,
-        precision=check_precision(precision),
+    detector = run.detector(options)
+    check_block_memory(
+        method, chunk=options.chunk, tile=options.tile, batch_size=detector.get_batch_size()
     )
-    check_block_memory(method, chunk=chunk, tile=tile, batch_size=spec.get_batch_size())
     scale = slide.scale_for_mpp(method.mpp)
     grid = Grid.aligned(
-        scale.shape, halo=method.halo, chunk=chunk, tile=scale.tile, align=method.stride
+        scale.shape, halo=method.halo, chunk=options.chunk, tile=scale.tile, align=method.stride
     )
-    blocks = tissue_blocks(slide, scale, grid) if tissue else list(grid.indices())
+    blocks = tissue_blocks(slide, scale, grid) if run.tissue else list(grid.indices())
     normaliser = None
-    reference = resolve_stain(stain, spec.weights, method.name, allow_pickle=allow_pickle)
+    reference = resolve_stain(
+        run.stain, detector.weights, method.name, allow_pickle=options.allow_pickle
+    )
     if reference is not None:
         normaliser = Reinhard(slide_stain_stats(slide, scale), reference)
     return SlidePlan(
         slide,
-        spec,
+        run,
+        options,
+        detector,
         scale,
         grid,
         tuple(blocks),
-        tissue,
         normaliser,
         estimate.mpp if estimate is not None and estimate.mpp == estimate.mpp else None,
         notes,
     )
+
+
+def detect(
+    slide: Slide | str | os.PathLike[str],
+    run: RunSpec,
+    options: ExecOptions | None = None,
+    *,
+    progress: Progress | None = None,
+    scheduler: Any = None,
+) -> gpd.GeoDataFrame:
+    """:func:`detect_slide` with its settings already resolved (see :mod:`wsidet.inference.spec`).
+
+    Parameters
+    ----------
+    slide : Slide or path
+    run : RunSpec
+    options : ExecOptions, optional
+    progress : callable, optional
+        ``progress(done, total)`` over detection blocks.
+    scheduler : optional
+        Dask scheduler name or ``distributed.Client`` (default: threads in this process).
+
+    Returns
+    -------
+    geopandas.GeoDataFrame
+    """
+    started = time.perf_counter()
+    plan = plan_slide(slide, run, options)
+    if not (hasattr(scheduler, "compute") and hasattr(scheduler, "gather")):
+        plan.detector.get()  # in this process: fail fast on weights/device before reading
+    results = _compute(plan.tasks(), scheduler, progress)
+    return plan.finish(results, time.perf_counter() - started)
 
 
 def detect_slide(
@@ -525,24 +564,14 @@ def detect_slide(
         One Point per nucleus in level-0 pixels (schema in :mod:`wsidet.output.detections`);
         run and slide metadata in ``attrs["wsidet"]``.
     """
-    started = time.perf_counter()
-    plan = plan_slide(
-        slide,
+    run = RunSpec.resolve(
         method,
-        weights=weights,
+        weights,
         mpp=mpp,
-        chunk=chunk,
-        device=device,
-        tile=tile,
-        batch_size=batch_size,
         tissue=tissue,
         stain=stain,
-        allow_pickle=allow_pickle,
         precision=precision,
-        check_mpp=check_mpp,
+        allow_pickle=allow_pickle,
     )
-    if not (hasattr(scheduler, "compute") and hasattr(scheduler, "gather")):
-        plan.spec.get()  # in this process: fail fast on weights/device before reading
-
-    results = _compute(plan.tasks(), scheduler, progress)
-    return plan.finish(results, time.perf_counter() - started)
+    options = ExecOptions(chunk, tile, batch_size, device, allow_pickle, check_mpp)
+    return detect(slide, run, options, progress=progress, scheduler=scheduler)

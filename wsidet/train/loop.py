@@ -375,154 +375,241 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     # The code that trains is the code imported now, whatever the tree holds when training ends.
     provenance = {"git_commit": git_commit(), "git_dirty": git_dirty()}
-    # The colours the network learns from, for stain normalisation of other slides.
-    stats = training_stain_reference(train_sources)
-    reference = stats.as_dict()
-    if config.stain_normalise:
-        if stats.pixels == 0:
-            raise ValueError("stain_normalise needs stained training images (none found)")
-        train_sources = normalise_sources(train_sources, stats)
-    val_stain = stats if config.stain_normalise else None
-    device = resolve_device(config.device)
-    precision = resolve_precision(config.precision, device)
-    dtype = autocast_dtype(precision)
-    channels_last = device.type == "cpu"
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    _seed_everything(config.seed)
-    network = method.build_network()
-    if init_weights is not None:
-        load_weights(network, init_weights, method, allow_pickle=allow_pickle)
-    network = network.to(device, memory_format=layout)  # type: ignore[call-overload]
-    patch = math.ceil(config.patch / method.stride) * method.stride
+    stats, train_sources = _stain(train_sources, config)
+    model = _Model.build(method, config, init_weights, allow_pickle=allow_pickle)
     dataset = PointDataset(
         train_sources,
         method,
-        patch=patch,
+        patch=math.ceil(config.patch / method.stride) * method.stride,
         samples=config.samples_per_epoch,
         augment=config.augment,
         seed=config.seed,
         weights=train_weights,
     )
-    averaged = None
-    if config.ema:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    run = _Run(method, config, out, stats, val_sources, monitor or {})
+    if resume and run.state_path.is_file():
+        run.restore(model)
+    for epoch in range(run.start_epoch, config.epochs):
+        if run.should_stop():
+            break
+        log = run.epoch(model, dataset, epoch)
+        if on_epoch is not None:
+            on_epoch(log)
+        run.save_state(model, epoch)
+    record = {
+        **provenance,
+        **run.record(),
+        **_where(model, init_weights),
+        # Summed over epochs so that a resumed run records its whole training time.
+        "minutes": sum(h.seconds for h in run.history) / 60,
+        "data": {"train": describe(train_sources), "validation": describe(val_sources)}
+        | (data_record or {}),
+        "history": [dataclasses.asdict(h) for h in run.history],
+    }
+    saved = save_record(record, out / f"{method.name}.json")
+    return TrainResult(
+        run.best_method, run.weights_path, saved, run.best_epoch, run.best_score, run.history
+    )
 
-        averaged = AveragedModel(
-            network,
-            multi_avg_fn=get_ema_multi_avg_fn(config.ema),  # type: ignore[no-untyped-call]
-            use_buffers=True,
-        )
-    params = [p for p in network.parameters() if p.requires_grad]
+
+def _stain(sources: Sequence[Source], config: TrainConfig) -> tuple[StainStats, Sequence[Source]]:
+    """The training colours and the sources, normalised to them with ``stain_normalise``.
+
+    The colours are the reference other slides are normalised to at inference.
+    """
+    stats = training_stain_reference(sources)
+    if not config.stain_normalise:
+        return stats, sources
+    if stats.pixels == 0:
+        raise ValueError("stain_normalise needs stained training images (none found)")
+    return stats, normalise_sources(sources, stats)
+
+
+def _where(model: _Model, init_weights: str | Path | None) -> dict[str, Any]:
+    """Where training started from and ran, for the record."""
+    return {
+        "init_weights": (
+            None
+            if init_weights is None
+            else {"path": str(init_weights), "hash": weights_hash(init_weights)}
+        ),
+        "device": str(model.device),
+        "device_name": torch.cuda.get_device_name(model.device)
+        if model.device.type == "cuda"
+        else "cpu",
+    }
+
+
+@dataclass
+class _Model:
+    """The network being trained and what updates it, on its device."""
+
+    network: torch.nn.Module
+    averaged: Any  # torch.optim.swa_utils.AveragedModel with config.ema, else None
     optimizer: torch.optim.Optimizer
-    if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(
-            params, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
-        )
-    else:
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    weights_path = out / f"{method.name}.safetensors"
-    state_path = out / "state.pt"
-    history: list[EpochLog] = []
-    best_score, best_epoch, best_method = -float("inf"), -1, method
-    start_epoch = 0
-    if resume and state_path.is_file():
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        network.load_state_dict(state["network"])
-        if averaged is not None and state.get("ema"):
-            averaged.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):  # empty when AMP was off
-            scaler.load_state_dict(state["scaler"])
-        start_epoch = int(state["epoch"]) + 1
-        best_score, best_epoch = float(state["best_score"]), int(state["best_epoch"])
-        best_method = method.replace(**{method.threshold_param: float(state["best_threshold"])})
-        history = [EpochLog(**h) for h in state["history"]]
-        logger.info("resuming at epoch %d (best F1 %.4f)", start_epoch, best_score)
-    stale = 0  # validations since the best
-    if history:
-        stale = len(history) - 1 - max(i for i, h in enumerate(history) if h.improved)
-    budget = None if config.max_minutes is None else config.max_minutes * 60
-    validation_seconds = 0.0  # the last validation's, reserved at the end of a budget
-    out_of_time = False
-    for epoch in range(start_epoch, config.epochs):
-        # Checked before the epoch so that a resumed run that had already stopped stays stopped.
-        if stale >= config.patience:
-            logger.info("stopping: %d epochs without a better validation score", stale)
-            break
-        spent = sum(h.seconds for h in history)
-        if out_of_time or (budget is not None and spent >= budget):
-            logger.info("stopping: time budget of %g minutes spent", config.max_minutes)
-            break
-        epoch_start = time.perf_counter()
-        finished = [h.seconds for h in history]
-        improvements = [h.improved for h in history]
-        lr = step_lr(config, epoch, spent, finished, improvements)
-        network.train()
-        dataset.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=config.batch_size, shuffle=False, collate_fn=collate
-        )
-        steps = max(1, len(loader))
-        losses = []
-        for step, (images, targets) in enumerate(loader):
-            elapsed = time.perf_counter() - epoch_start
-            if budget is not None and step and spent + elapsed + validation_seconds >= budget:
-                out_of_time = True  # validate what was trained, then stop
-                break
-            for group in optimizer.param_groups:
-                group["lr"] = step_lr(
-                    config, epoch + step / steps, spent + elapsed, finished, improvements
-                )
-            images = images.to(device, non_blocking=True).contiguous(memory_format=layout)
-            targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
-            optimizer.zero_grad(set_to_none=True)
-            autocast = torch.autocast(
-                device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    precision: str
+    layout: torch.memory_format
+
+    @classmethod
+    def build(
+        cls,
+        method: Method,
+        config: TrainConfig,
+        init_weights: str | Path | None,
+        *,
+        allow_pickle: bool,
+    ) -> _Model:
+        """A fresh (or ``init_weights``) network with its optimiser, scaler and average."""
+        device = resolve_device(config.device)
+        precision = resolve_precision(config.precision, device)
+        layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+        _seed_everything(config.seed)
+        network = method.build_network()
+        if init_weights is not None:
+            load_weights(network, init_weights, method, allow_pickle=allow_pickle)
+        network = network.to(device, memory_format=layout)  # type: ignore[call-overload]
+        averaged = None
+        if config.ema:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            averaged = AveragedModel(
+                network,
+                multi_avg_fn=get_ema_multi_avg_fn(config.ema),  # type: ignore[no-untyped-call]
+                use_buffers=True,
             )
-            with autocast:
-                outputs = network(images)
-            loss = method.loss({k: v.float() for k, v in outputs.items()}, targets)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}")
-            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
-            scaler.step(optimizer)
-            scaler.update()
-            if averaged is not None:
-                averaged.update_parameters(network)
-            losses.append(float(loss.detach()))
-        # Validation on whole images: choose the threshold, keep the best weights.
-        validation_start = time.perf_counter()
-        evaluated = network if averaged is None else averaged.module
-        detector = Detector(method, network=evaluated, device=str(device), precision=precision)
-        predictions = predict(detector, val_sources, stain=val_stain)
-        threshold, curve = choose_threshold(method, predictions, radius=config.radius)
-        best_here = max(curve, key=lambda e: e.scores.f1)
-        # The selection score: F1, or minus the count error (higher is better either way).
-        score = best_here.scores.f1 if config.select_on == "f1" else -best_here.count_mae
-        improved = score > best_score
-        if improved:
-            best_score, best_epoch, stale = score, epoch, 0
-            best_method = method.replace(**{method.threshold_param: threshold})
-            save_weights(
-                evaluated,
-                best_method,
-                weights_path,
-                stain_reference=reference,
-                stain_normalised=config.stain_normalise,
+        params = [p for p in network.parameters() if p.requires_grad]
+        optimizer: torch.optim.Optimizer
+        if config.optimizer == "sgd":
+            optimizer = torch.optim.SGD(
+                params, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
             )
-            write_pr_curve({f"{method.name} (validation)": curve}, out / f"{method.name}-pr.png")
         else:
-            stale += 1
-        validation_seconds = time.perf_counter() - validation_start
+            optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        return cls(network, averaged, optimizer, scaler, device, precision, layout)
+
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        """The weights validated and saved: the average with EMA, else the network."""
+        return self.network if self.averaged is None else self.averaged.module
+
+    def step(
+        self, method: Method, images: torch.Tensor, targets: dict[str, torch.Tensor], epoch: int
+    ) -> float:
+        """One optimiser step on a batch (of epoch ``epoch``, for the error); its loss."""
+        dtype = autocast_dtype(self.precision)
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.layout)
+        targets = {k: v.to(self.device, non_blocking=True) for k, v in targets.items()}
+        self.optimizer.zero_grad(set_to_none=True)
+        autocast = torch.autocast(
+            device_type=self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None
+        )
+        with autocast:
+            outputs = self.network(images)
+        loss = method.loss({k: v.float() for k, v in outputs.items()}, targets)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}")
+        self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.averaged is not None:
+            self.averaged.update_parameters(self.network)
+        return float(loss.detach())
+
+
+@dataclass
+class _Run:
+    """One training run's bookkeeping: history, best so far, budget, files."""
+
+    method: Method
+    config: TrainConfig
+    out: Path
+    stats: StainStats
+    val_sources: Sequence[Source]
+    monitor: Mapping[str, Sequence[Source]]
+    history: list[EpochLog] = field(default_factory=list)
+    best_score: float = -float("inf")
+    best_epoch: int = -1
+    best_method: Method = field(init=False)
+    start_epoch: int = 0
+    stale: int = 0  # validations since the best
+    validation_seconds: float = 0.0  # the last validation's, reserved at the end of a budget
+    out_of_time: bool = False
+
+    def __post_init__(self) -> None:
+        self.best_method = self.method
+
+    @property
+    def state_path(self) -> Path:
+        """The resumable state, rewritten after every epoch."""
+        return self.out / "state.pt"
+
+    @property
+    def weights_path(self) -> Path:
+        """The best weights so far."""
+        return self.out / f"{self.method.name}.safetensors"
+
+    @property
+    def budget(self) -> float | None:
+        """Seconds of training allowed (None: no budget)."""
+        return None if self.config.max_minutes is None else self.config.max_minutes * 60
+
+    @property
+    def val_stain(self) -> StainStats | None:
+        """What validation images are normalised to (with ``stain_normalise``)."""
+        return self.stats if self.config.stain_normalise else None
+
+    def restore(self, model: _Model) -> None:
+        """Continue from :attr:`state_path`: weights, optimiser, history, best so far."""
+        state = torch.load(self.state_path, map_location=model.device, weights_only=True)
+        model.network.load_state_dict(state["network"])
+        if model.averaged is not None and state.get("ema"):
+            model.averaged.load_state_dict(state["ema"])
+        model.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):  # empty when AMP was off
+            model.scaler.load_state_dict(state["scaler"])
+        method = self.method
+        self.start_epoch = int(state["epoch"]) + 1
+        self.best_score, self.best_epoch = float(state["best_score"]), int(state["best_epoch"])
+        threshold = float(state["best_threshold"])
+        self.best_method = method.replace(**{method.threshold_param: threshold})
+        self.history = [EpochLog(**h) for h in state["history"]]
+        if self.history:
+            improved = max(i for i, h in enumerate(self.history) if h.improved)
+            self.stale = len(self.history) - 1 - improved
+        logger.info("resuming at epoch %d (best F1 %.4f)", self.start_epoch, self.best_score)
+
+    def should_stop(self) -> bool:
+        """Patience or budget spent (checked before an epoch, so a stopped run stays stopped)."""
+        if self.stale >= self.config.patience:
+            logger.info("stopping: %d epochs without a better validation score", self.stale)
+            return True
+        spent = sum(h.seconds for h in self.history)
+        if self.out_of_time or (self.budget is not None and spent >= self.budget):
+            logger.info("stopping: time budget of %g minutes spent", self.config.max_minutes)
+            return True
+        return False
+
+    def epoch(self, model: _Model, dataset: PointDataset, epoch: int) -> EpochLog:
+        """Train one epoch, validate, score the monitored sets; the epoch's log."""
+        epoch_start = time.perf_counter()
+        lr, losses = self._fit(model, dataset, epoch, epoch_start)
+        validation_start = time.perf_counter()
+        detector = Detector(
+            self.method, network=model.evaluated, device=str(model.device),
+            precision=model.precision,
+        )  # fmt: skip
+        threshold, best_here, improved = self._validate(model, detector, epoch)
+        self.validation_seconds = time.perf_counter() - validation_start
         monitor_start = time.perf_counter()
+        method = self.method.replace(**{self.method.threshold_param: threshold})
         curves = {
             name: monitor_figures(
-                method.replace(**{method.threshold_param: threshold}),
-                predict(detector, sources, stain=val_stain),
-                config.radius,
+                method, predict(detector, sources, stain=self.val_stain), self.config.radius
             )
-            for name, sources in (monitor or {}).items()
+            for name, sources in self.monitor.items()
         }
         monitor_seconds = time.perf_counter() - monitor_start
         log = EpochLog(
@@ -539,58 +626,98 @@ def train(
             monitor=curves,
             monitor_seconds=monitor_seconds,
         )
-        history.append(log)
-        if on_epoch is not None:
-            on_epoch(log)
-        # Atomic: a run killed while writing must still find the previous epoch's state.
-        with atomic_path(state_path, overwrite=True) as tmp:
+        self.history.append(log)
+        return log
+
+    def _fit(
+        self, model: _Model, dataset: PointDataset, epoch: int, epoch_start: float
+    ) -> tuple[float, list[float]]:
+        """Optimiser steps over one epoch's patches; the epoch's first rate and the losses."""
+        config, budget = self.config, self.budget
+        spent = sum(h.seconds for h in self.history)
+        finished = [h.seconds for h in self.history]
+        improvements = [h.improved for h in self.history]
+        lr = step_lr(config, epoch, spent, finished, improvements)
+        model.network.train()
+        dataset.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=config.batch_size, shuffle=False, collate_fn=collate
+        )
+        steps = max(1, len(loader))
+        losses = []
+        for step, (images, targets) in enumerate(loader):
+            elapsed = time.perf_counter() - epoch_start
+            if budget is not None and step and spent + elapsed + self.validation_seconds >= budget:
+                self.out_of_time = True  # validate what was trained, then stop
+                break
+            for group in model.optimizer.param_groups:
+                group["lr"] = step_lr(
+                    config, epoch + step / steps, spent + elapsed, finished, improvements
+                )
+            losses.append(model.step(self.method, images, targets, epoch))
+        return lr, losses
+
+    def _validate(self, model: _Model, detector: Detector, epoch: int) -> tuple[float, Any, bool]:
+        """Whole validation images: the threshold, its figures, whether they improved.
+
+        Improved weights (and their precision-recall curve) are saved at once.
+        """
+        method, config = self.method, self.config
+        predictions = predict(detector, self.val_sources, stain=self.val_stain)
+        threshold, curve = choose_threshold(method, predictions, radius=config.radius)
+        best_here = max(curve, key=lambda e: e.scores.f1)
+        # The selection score: F1, or minus the count error (higher is better either way).
+        score = best_here.scores.f1 if config.select_on == "f1" else -best_here.count_mae
+        improved = score > self.best_score
+        if improved:
+            self.best_score, self.best_epoch, self.stale = score, epoch, 0
+            self.best_method = method.replace(**{method.threshold_param: threshold})
+            save_weights(
+                model.evaluated,
+                self.best_method,
+                self.weights_path,
+                stain_reference=self.stats.as_dict(),
+                stain_normalised=config.stain_normalise,
+            )
+            curves = {f"{method.name} (validation)": curve}
+            write_pr_curve(curves, self.out / f"{method.name}-pr.png")
+        else:
+            self.stale += 1
+        return threshold, best_here, improved
+
+    def save_state(self, model: _Model, epoch: int) -> None:
+        """Write the resumable state (atomic: a run killed meanwhile keeps the previous one)."""
+        best = self.best_method
+        with atomic_path(self.state_path, overwrite=True) as tmp:
             torch.save(
                 {
-                    "network": network.state_dict(),
-                    "ema": averaged.state_dict() if averaged is not None else {},
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
+                    "network": model.network.state_dict(),
+                    "ema": model.averaged.state_dict() if model.averaged is not None else {},
+                    "optimizer": model.optimizer.state_dict(),
+                    "scaler": model.scaler.state_dict(),
                     "epoch": epoch,
-                    "best_score": best_score,
-                    "best_epoch": best_epoch,
-                    "best_threshold": float(getattr(best_method, method.threshold_param)),
-                    "history": [dataclasses.asdict(h) for h in history],
+                    "best_score": self.best_score,
+                    "best_epoch": self.best_epoch,
+                    "best_threshold": float(getattr(best, self.method.threshold_param)),
+                    "history": [dataclasses.asdict(h) for h in self.history],
                 },
                 tmp,
             )
-    record = save_record(
-        {
-            **provenance,
-            "method": best_method.name,
-            "params": best_method.params(),
-            "mpp": best_method.mpp,
+
+    def record(self) -> dict[str, Any]:
+        """The run's part of the weights' JSON record."""
+        best, config = self.best_method, self.config
+        return {
+            "method": best.name,
+            "params": best.params(),
+            "mpp": best.mpp,
             "normalisation": "RGB / 255; method-specific normalisation inside the network",
-            "stain_reference": reference,
-            "threshold": {
-                best_method.threshold_param: getattr(best_method, best_method.threshold_param)
-            },
-            "best_epoch": best_epoch,
+            "stain_reference": self.stats.as_dict(),
+            "threshold": {best.threshold_param: getattr(best, best.threshold_param)},
+            "best_epoch": self.best_epoch,
             "validation": {
-                ("f1" if config.select_on == "f1" else "minus_count_mae"): best_score,
+                ("f1" if config.select_on == "f1" else "minus_count_mae"): self.best_score,
                 "radius": config.radius,
             },
             "train": dataclasses.asdict(config),
-            "init_weights": (
-                None
-                if init_weights is None
-                else {"path": str(init_weights), "hash": weights_hash(init_weights)}
-            ),
-            "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            # Summed over epochs so that a resumed run records its whole training time.
-            "minutes": sum(h.seconds for h in history) / 60,
-            "data": {
-                "train": describe(train_sources),
-                "validation": describe(val_sources),
-                **(data_record or {}),
-            },
-            "history": [dataclasses.asdict(h) for h in history],
-        },
-        out / f"{method.name}.json",
-    )
-    return TrainResult(best_method, weights_path, record, best_epoch, best_score, history)
+        }
