@@ -93,3 +93,24 @@ def test_lower_layers_do_not_import_higher_ones(low: str, high: str) -> None:
     for module, path in MODULES.items():
         if subpackage(module) == low:
             assert not {m for m in imported(path, top_level=False) if subpackage(m) == high}, module
+
+
+def body_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines of a function without its docstring (signature included)."""
+    total = (node.end_lineno or node.lineno) - node.lineno + 1
+    first = node.body[0]
+    docstring = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+    if docstring and isinstance(first.value.value, str):  # type: ignore[attr-defined]
+        total -= (first.end_lineno or first.lineno) - first.lineno + 1
+    return total
+
+
+@pytest.mark.parametrize("folder", ["cohort", "inference", "train"])
+def test_functions_of_the_orchestrating_packages_fit_on_a_screen(folder: str) -> None:
+    long = [
+        f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({body_lines(node)} lines)"
+        for path in sorted((PACKAGE / folder).rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and body_lines(node) > 60
+    ]
+    assert not long
