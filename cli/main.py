@@ -36,7 +36,7 @@ EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 
 def build_parser() -> argparse.ArgumentParser:
     from wsidet import limits
-    from wsidet.cohort.cluster import DEFAULT_DASHBOARD
+    from wsidet.cohort.defaults import DEFAULT_DASHBOARD
     from wsidet.inference.detector import DEFAULT_TILE
     from wsidet.inference.precision import PRECISIONS
     from wsidet.methods import DEFAULT_METHOD
@@ -305,10 +305,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
+    # Torch-free: a method's halo is computed from its parameters, no network is built.
     from wsidet.methods import DEFAULT_METHOD, get_method, list_methods
-    from wsidet.weights import bundled_methods
 
-    bundled = set(bundled_methods())
+    bundled = set(list_methods(pretrained=True))
     rows = []
     for name in list_methods():
         method = get_method(name)

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+import wsidet
 from wsidet.inference.detector import Detector
-from wsidet.methods import DEFAULT_METHOD, method_class
+from wsidet.methods import DEFAULT_METHOD, list_methods, method_class
 from wsidet.weights import bundled_methods, bundled_names, bundled_weights, resolve_method
+from wsidet.weights.files import read_weights
 
 PACKAGE = Path(__file__).resolve().parent.parent / "wsidet" / "weights"
 
@@ -63,3 +65,26 @@ def test_bundled_weights_load_and_say_how_they_were_made(name: str) -> None:
     )
     assert "research" in record["made_with"]["data_terms"]
     assert record["threshold"] == {method.threshold_param: getattr(method, method.threshold_param)}
+
+
+def test_the_registry_lists_the_methods_that_ship_weights() -> None:
+    pretrained = list_methods(pretrained=True)
+    assert pretrained == bundled_methods() == wsidet.list_methods(pretrained=True)
+    assert set(pretrained) <= set(list_methods())
+    if method_class(DEFAULT_METHOD).trainable:
+        assert DEFAULT_METHOD in pretrained
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_every_method_with_weights_loads_them(name: str) -> None:
+    """Over the registry: a method listed as pretrained has weights its network takes as is."""
+    method, weights = resolve_method(name)
+    if name not in list_methods(pretrained=True):
+        assert weights is None and bundled_weights(name) is None
+        return
+    assert weights is not None and weights == bundled_weights(name)
+    tensors, _ = read_weights(weights)
+    state = method.build_network().state_dict()
+    assert tensors.keys() == state.keys()
+    assert all(tensors[k].shape == state[k].shape for k in state)
+    Detector(method, weights=weights, device="cpu")  # loads strictly

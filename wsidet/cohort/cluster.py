@@ -38,15 +38,10 @@ from typing import Any
 
 from distributed import WorkerPlugin
 
+from wsidet.cohort.defaults import DEFAULT_DASHBOARD, GPU_RESOURCE, LOOPBACK
 from wsidet.errors import WsidetError
 
 logger = logging.getLogger(__name__)
-
-GPU_RESOURCE = "GPU"
-#: Where local clusters listen: this machine only.
-LOOPBACK = "127.0.0.1"
-#: The dashboard of a local cluster, on this machine only (dask's default is every interface).
-DEFAULT_DASHBOARD = f"{LOOPBACK}:8787"
 
 
 class ClusterError(WsidetError, RuntimeError):

@@ -198,7 +198,7 @@ def sweep(
     Methods whose threshold only filters final scores (``threshold_filters_scores``) are
     decoded once per image; the others at every threshold.
     """
-    configured = method.replace(**params) if params else method
+    configured = method.replace_decoding(**params) if params else method
     floor = _decode_all(configured, predictions, **{method.threshold_param: 0.0})
     values = (
         candidate_thresholds(configured, predictions, decoded=floor)

@@ -2,7 +2,9 @@
 
 >>> from wsidet.methods import get_method, list_methods
 >>> list_methods()  # doctest: +SKIP
-['log', ...]
+['fcrn_a', ..., 'voca']
+>>> list_methods(pretrained=True)  # those whose trained weights ship with wsidet
+['voca']
 >>> get_method("log", threshold=0.2)  # doctest: +SKIP
 
 Importing this package does not import torch: methods import it when a network is built or

@@ -1,4 +1,4 @@
-"""The registry of detection methods: names to :class:`Method` classes.
+"""The registry of detection methods: names to :class:`Method` classes, and which ship weights.
 
 Private: users go through :mod:`wsidet.methods`; method modules register themselves here, so
 that importing one never imports the package's other methods (no import cycle).
@@ -6,6 +6,8 @@ that importing one never imports the package's other methods (no import cycle).
 
 from __future__ import annotations
 
+from importlib import resources
+from pathlib import Path
 from typing import Any, TypeVar
 
 from wsidet.errors import UnknownMethodError
@@ -29,9 +31,29 @@ def register(cls: M) -> M:
     return cls
 
 
-def list_methods() -> list[str]:
-    """Names of all registered methods, sorted."""
-    return sorted(_REGISTRY)
+def list_methods(pretrained: bool = False) -> list[str]:
+    """Names of the registered methods, sorted.
+
+    Parameters
+    ----------
+    pretrained : bool
+        Only the methods whose trained weights ship with wsidet (:mod:`wsidet.weights`), which
+        ``wsidet run --method NAME`` uses when given no ``--weights``.
+
+    Returns
+    -------
+    list of str
+    """
+    names = sorted(_REGISTRY)
+    if pretrained:
+        folder = _weights_folder()
+        names = [name for name in names if (folder / f"{name}.safetensors").is_file()]
+    return names
+
+
+def _weights_folder() -> Path:
+    # The files of wsidet.weights, found rather than imported: that package builds on this one.
+    return Path(str(resources.files("wsidet"))) / "weights"
 
 
 def method_class(name: str) -> type[Method]:

@@ -19,16 +19,18 @@ and return a dict of maps of shape (N, C, H, W) at the input resolution; method-
 normalisation lives inside the network so training and inference cannot disagree. ``decode``
 takes one image's maps, a dict of (C, H, W) tensors.
 
-The halo is computed, never guessed: the network's receptive radius (from its layers) plus the
-decoder's support (how far a decoded point depends on map values around it). A point decoded
-from a block that includes the halo is therefore the point a whole-image pass would decode.
+The halo is computed, never guessed: the network's receptive radius plus the decoder's support
+(how far a decoded point depends on map values around it). A point decoded from a block that
+includes the halo is therefore the point a whole-image pass would decode. Both are pure functions
+of the parameters: the receptive radius and stride come from the layer configuration
+(:mod:`wsidet.nets.geometry`, which the networks use too), so reading a method's halo builds no
+network and imports no torch.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-import functools
 import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -73,18 +75,13 @@ class Method(abc.ABC):
 
     # ---- facts -------------------------------------------------------------------------------
     @property
+    @abc.abstractmethod
     def receptive_radius(self) -> int:
         """Pixels of input context on each side that one output pixel of the network uses.
 
-        By default read from the network (``net.receptive_radius``, computed from its layers).
+        A pure function of the parameters (the methods use :mod:`wsidet.nets.geometry`, as their
+        networks do): no network is built.
         """
-        radius = getattr(self._meta_network, "receptive_radius", None)
-        if radius is None:
-            raise NotImplementedError(
-                f"method {self.name!r}: its network has no receptive_radius; define one on the "
-                "network or override Method.receptive_radius"
-            )
-        return int(radius)
 
     @property
     @abc.abstractmethod
@@ -95,17 +92,10 @@ class Method(abc.ABC):
     def stride(self) -> int:
         """Input sizes and block origins must be multiples of this (network downsampling).
 
-        By default read from the network (``net.stride``, 1 if absent).
+        1 unless a method's network downsamples; like :attr:`receptive_radius`, computed from
+        the parameters without building the network.
         """
-        return int(getattr(self._meta_network, "stride", 1))
-
-    @functools.cached_property
-    def _meta_network(self) -> torch.nn.Module:
-        import torch
-
-        # On the meta device a network costs no memory and no initialisation time.
-        with torch.device("meta"):
-            return self.build_network()
+        return 1
 
     @property
     def halo(self) -> int:
@@ -195,8 +185,13 @@ class Method(abc.ABC):
         -------
         points_yx : Tensor, shape (n, 2), float32
         scores : Tensor, shape (n,), float32
+
+        Raises
+        ------
+        ParameterError
+            A name is not one of ``decode_params``, or a value is invalid.
         """
-        method = self.replace(**params) if params else self
+        method = self.replace_decoding(**params) if params else self
         return method._decode(outputs)
 
     @abc.abstractmethod
@@ -233,6 +228,27 @@ class Method(abc.ABC):
             f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
             for f in dataclasses.fields(self)
         }
+
+    def replace_decoding(self, **params: Any) -> Method:
+        """A copy with some decode parameters (``decode_params``) changed.
+
+        Maps computed by this method's network stay valid for the copy, so evaluation can
+        sweep these without running the network again; any other parameter would silently
+        describe a network that did not make the maps.
+
+        Raises
+        ------
+        ParameterError
+            A name is not one of ``decode_params``, or a value is invalid.
+        """
+        unknown = sorted(set(params) - set(self.decode_params))
+        if unknown:
+            known = ", ".join(self.decode_params) or "none"
+            raise ParameterError(
+                f"method {self.name!r} has no decode parameter {', '.join(map(repr, unknown))}; "
+                f"its decode parameters are: {known}"
+            )
+        return self.replace(**params)
 
     def replace(self, **params: Any) -> Method:
         """A copy with some parameters changed.

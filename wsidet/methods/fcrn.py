@@ -33,7 +33,7 @@ import numpy.typing as npt
 from wsidet.errors import ParameterError
 from wsidet.methods._registry import register
 from wsidet.methods.base import Method
-from wsidet.ops.targets import gaussian_density
+from wsidet.nets import geometry
 
 if TYPE_CHECKING:
     import torch
@@ -90,9 +90,24 @@ class _Fcrn(Method):
             raise ParameterError(f"{self.name}: min_distance must be >= 1")
 
     @property
+    def layer_spec(self) -> tuple[tuple[str, int, int], ...]:
+        """The layer specification (:data:`~wsidet.nets.geometry.FCRN_A` or ``FCRN_B``)."""
+        return geometry.FCRN_A if self.architecture == "A" else geometry.FCRN_B
+
+    @property
+    def receptive_radius(self) -> int:
+        """The layers' reach plus the normalisation window's (:func:`.geometry.fcrn`)."""
+        return geometry.fcrn(self.layer_spec, self.norm_window).receptive_radius
+
+    @property
+    def stride(self) -> int:
+        """2 to the number of poolings."""
+        return geometry.fcrn(self.layer_spec, self.norm_window).stride
+
+    @property
     def decoder_radius(self) -> int:
         """Support of the peak decoder."""
-        from wsidet.ops.peaks import support
+        from wsidet.ops.support import support
 
         return support(self.min_distance)
 
@@ -103,15 +118,16 @@ class _Fcrn(Method):
 
     def build_network(self) -> torch.nn.Module:
         """:class:`~wsidet.nets.fcrn.FCRN`: ``{"density": (N, 1, H, W)}``."""
-        from wsidet.nets.fcrn import FCRN, FCRN_A, FCRN_B
+        from wsidet.nets.fcrn import FCRN
 
-        spec = FCRN_A if self.architecture == "A" else FCRN_B
-        return FCRN(spec, norm_window=self.norm_window)
+        return FCRN(self.layer_spec, norm_window=self.norm_window)
 
     def encode(
         self, points_yx: npt.NDArray[np.floating[Any]], shape: tuple[int, int]
     ) -> dict[str, npt.NDArray[np.float32]]:
         """``{"density": (1, H, W)}``: ``scale`` × the sum of unit-mass Gaussians."""
+        from wsidet.ops.targets import gaussian_density
+
         density = gaussian_density(points_yx, shape, self.sigma)
         return {"density": (self.scale * density)[None].astype(np.float32)}
 

@@ -14,13 +14,13 @@ precision 0.707, recall 0.684, F1 0.695.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar
 
 from wsidet.errors import ParameterError
 from wsidet.methods._registry import register
 from wsidet.methods.base import Method
+from wsidet.nets import geometry
 
 if TYPE_CHECKING:
     import torch
@@ -71,17 +71,17 @@ class LoG(Method):
     @property
     def receptive_radius(self) -> int:
         """The LoG kernel's half-width (colour deconvolution is per pixel)."""
-        return max(math.ceil(self.truncate * s) for s in self.sigmas)
+        return geometry.log_filter(self.sigmas, self.truncate).receptive_radius
 
     @property
     def stride(self) -> int:
         """Pure filtering: any input size and origin."""
-        return 1
+        return geometry.log_filter(self.sigmas, self.truncate).stride
 
     @property
     def decoder_radius(self) -> int:
         """Support of the peak decoder."""
-        from wsidet.ops.peaks import support
+        from wsidet.ops.support import support
 
         return support(self.min_distance)
 

@@ -27,12 +27,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage
 
 from wsidet.errors import ParameterError
 from wsidet.methods._registry import register
 from wsidet.methods.base import Method
-from wsidet.ops.targets import dot_image
+from wsidet.nets import geometry
 
 if TYPE_CHECKING:
     import torch
@@ -101,10 +100,25 @@ class MapDe(Method):
         return self.mode == "peak"
 
     @property
+    def channels(self) -> tuple[int, ...]:
+        """Feature maps per U-Net level: ``width`` doubling to ``8 * width``, five levels."""
+        w = self.width
+        return (w, 2 * w, 4 * w, 8 * w, 8 * w)
+
+    @property
+    def receptive_radius(self) -> int:
+        """The U-Net's reach plus the mapping filter's (:func:`.geometry.mapde`)."""
+        return geometry.mapde(self.radius, self.channels).receptive_radius
+
+    @property
+    def stride(self) -> int:
+        """2 to the number of U-Net poolings."""
+        return geometry.mapde(self.radius, self.channels).stride
+
+    @property
     def decoder_radius(self) -> int:
         """Lucy–Richardson support plus the centroid decoder's (deconv), or the peak support."""
-        from wsidet.ops.deconv import centroid_support, deconv_support
-        from wsidet.ops.peaks import support
+        from wsidet.ops.support import centroid_support, deconv_support, support
 
         if self.mode == "peak":
             return support(self.min_distance)
@@ -116,14 +130,16 @@ class MapDe(Method):
         """:class:`~wsidet.nets.mapde.MapDeNet`: ``{"logits": (N, 1, H, W)}``."""
         from wsidet.nets.mapde import MapDeNet
 
-        w = self.width
-        return MapDeNet(self.radius, channels=(w, 2 * w, 4 * w, 8 * w, 8 * w))
+        return MapDeNet(self.radius, channels=self.channels)
 
     def encode(
         self, points_yx: npt.NDArray[np.floating[Any]], shape: tuple[int, int]
     ) -> dict[str, npt.NDArray[np.float32]]:
         """``{"labels": (1, H, W)}``: dots convolved with ``f``, clipped to [0, 1]."""
+        from scipy import ndimage
+
         from wsidet.nets.mapde import mapping_filter
+        from wsidet.ops.targets import dot_image
 
         r = self.radius
         pts = np.asarray(points_yx, np.float64).reshape(-1, 2) + r  # include cones from outside

@@ -36,7 +36,7 @@ import numpy.typing as npt
 from wsidet.errors import ParameterError
 from wsidet.methods._registry import register
 from wsidet.methods.base import Method
-from wsidet.ops.targets import nearest_distance
+from wsidet.nets import geometry
 
 if TYPE_CHECKING:
     import torch
@@ -107,9 +107,25 @@ class MicroNetMethod(Method):
         return self.d_40x * _MPP_40X / self.mpp
 
     @property
+    def channels(self) -> tuple[int, ...]:
+        """Feature maps of the four downsampling blocks: ``width`` doubling to ``4 * width``."""
+        w = self.width
+        return (w, 2 * w, 4 * w, 4 * w)
+
+    @property
+    def receptive_radius(self) -> int:
+        """Computed from the layers (:func:`.geometry.micronet`)."""
+        return geometry.micronet(self.channels).receptive_radius
+
+    @property
+    def stride(self) -> int:
+        """2 to the number of downsamplings."""
+        return geometry.micronet(self.channels).stride
+
+    @property
     def decoder_radius(self) -> int:
         """Support of the peak decoder."""
-        from wsidet.ops.peaks import support
+        from wsidet.ops.support import support
 
         return support(self.min_distance)
 
@@ -117,13 +133,14 @@ class MicroNetMethod(Method):
         """:class:`~wsidet.nets.micronet.MicroNet`: ``{"proximity": (N, 1, H, W)}``."""
         from wsidet.nets.micronet import MicroNet
 
-        w = self.width
-        return MicroNet((w, 2 * w, 4 * w, 4 * w), scale=self.scale)
+        return MicroNet(self.channels, scale=self.scale)
 
     def encode(
         self, points_yx: npt.NDArray[np.floating[Any]], shape: tuple[int, int]
     ) -> dict[str, npt.NDArray[np.float32]]:
         """``{"proximity": (1, H, W)}``: scaled exponential proximity."""
+        from wsidet.ops.targets import nearest_distance
+
         dist, _ = nearest_distance(points_yx, shape, limit=self.d + 1)
         decay = (np.exp(self.alpha * (1.0 - dist / self.d)) - 1.0) / math.expm1(self.alpha)
         prox = np.where(dist <= self.d, decay, 0.0) * self.scale

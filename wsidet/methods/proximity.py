@@ -41,7 +41,7 @@ import numpy.typing as npt
 from wsidet.errors import ParameterError
 from wsidet.methods._registry import register
 from wsidet.methods.base import Method
-from wsidet.ops.targets import nearest_distance
+from wsidet.nets import geometry
 
 if TYPE_CHECKING:
     import torch
@@ -96,9 +96,19 @@ class Proximity(Method):
             raise ParameterError("proximity: scan_stride and min_distance must be >= 1")
 
     @property
+    def receptive_radius(self) -> int:
+        """Input patch plus proximity patch half-widths (:func:`.geometry.patch_cnn`)."""
+        return geometry.patch_cnn(self.scan_stride).receptive_radius
+
+    @property
+    def stride(self) -> int:
+        """``scan_stride``: tiles must start on the grid of patch centres."""
+        return geometry.patch_cnn(self.scan_stride).stride
+
+    @property
     def decoder_radius(self) -> int:
         """Support of the peak decoder."""
-        from wsidet.ops.peaks import support
+        from wsidet.ops.support import support
 
         return support(self.min_distance)
 
@@ -112,6 +122,8 @@ class Proximity(Method):
         self, points_yx: npt.NDArray[np.floating[Any]], shape: tuple[int, int]
     ) -> dict[str, npt.NDArray[np.float32]]:
         """``{"proximity": (1, H, W)}``: ``1 / (1 + α D)`` within ``r``."""
+        from wsidet.ops.targets import nearest_distance
+
         dist, _ = nearest_distance(points_yx, shape, limit=self.radius + 1)
         prox = np.where(dist <= self.radius, 1.0 / (1.0 + self.alpha * dist), 0.0)
         return {"proximity": prox[None].astype(np.float32)}

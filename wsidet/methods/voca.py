@@ -45,7 +45,7 @@ import numpy.typing as npt
 from wsidet.errors import ParameterError
 from wsidet.methods._registry import register
 from wsidet.methods.base import Method
-from wsidet.ops.targets import count_within, nearest_distance
+from wsidet.nets import geometry
 
 if TYPE_CHECKING:
     import torch
@@ -108,6 +108,22 @@ class Voca(Method):
         return math.ceil(self.radius) + 1
 
     @property
+    def channels(self) -> tuple[int, ...]:
+        """Feature maps of the four encoder blocks: ``width`` doubling to ``8 * width``."""
+        w = self.width
+        return (w, 2 * w, 4 * w, 8 * w)
+
+    @property
+    def receptive_radius(self) -> int:
+        """Computed from the layers (:func:`.geometry.voca`)."""
+        return geometry.voca(self.channels).receptive_radius
+
+    @property
+    def stride(self) -> int:
+        """2 to the number of encoder blocks (each downsamples)."""
+        return geometry.voca(self.channels).stride
+
+    @property
     def decoder_radius(self) -> int:
         """Map context one decoded point reads, measured from the pixel the point falls in.
 
@@ -117,7 +133,7 @@ class Voca(Method):
         ``score_radius`` from its peak, and a block keeps the points whose pixel (not whose
         peak) lies in its core, so that shift adds on top.
         """
-        from wsidet.ops.peaks import support
+        from wsidet.ops.support import support
 
         reads = max(support(self.nms_distance), self.score_radius)
         return self.score_radius + self.max_shift + reads
@@ -126,13 +142,14 @@ class Voca(Method):
         """:class:`~wsidet.nets.voca.VocaNet`: conf, loc, wt maps."""
         from wsidet.nets.voca import VocaNet
 
-        w = self.width
-        return VocaNet((w, 2 * w, 4 * w, 8 * w))
+        return VocaNet(self.channels)
 
     def encode(
         self, points_yx: npt.NDArray[np.floating[Any]], shape: tuple[int, int]
     ) -> dict[str, npt.NDArray[np.float32]]:
         """``{"conf": (1, H, W), "loc": (2, H, W), "wt": (1, H, W)}``."""
+        from wsidet.ops.targets import count_within, nearest_distance
+
         pts = np.asarray(points_yx, np.float64).reshape(-1, 2)
         dist, nearest = nearest_distance(pts, shape, limit=self.radius + 1)
         conf = dist < self.radius

@@ -33,24 +33,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from wsidet.nets import geometry
 from wsidet.nets.blocks import LocalNorm, pad_to_multiple
-from wsidet.nets.receptive import Reach
 
-# (kind, kernel, out_channels): "c" conv+ReLU, "p" 2×2 max pool, "u" bilinear ×2 + ReLU + conv
-# + ReLU.
-FCRN_A = (
-    ("c", 3, 32), ("p", 2, 0),
-    ("c", 3, 64), ("p", 2, 0),
-    ("c", 3, 128), ("p", 2, 0),
-    ("c", 3, 512),
-    ("u", 3, 128), ("u", 3, 64), ("u", 3, 32),
-)  # fmt: skip
-FCRN_B = (
-    ("c", 3, 32), ("c", 3, 64), ("p", 2, 0),
-    ("c", 3, 128), ("c", 5, 256), ("p", 2, 0),
-    ("c", 3, 256),
-    ("u", 5, 256), ("u", 3, 256),
-)  # fmt: skip
+# The layer specifications are torch-free, so a method's halo can be read without torch.
+from wsidet.nets.geometry import FCRN_A as FCRN_A
+from wsidet.nets.geometry import FCRN_B as FCRN_B
 
 
 class FCRN(nn.Module):
@@ -59,7 +47,8 @@ class FCRN(nn.Module):
     Parameters
     ----------
     spec : sequence of (kind, kernel, channels)
-        ``FCRN_A`` or ``FCRN_B``.
+        ``FCRN_A`` or ``FCRN_B``; kinds: ``"c"`` conv + ReLU, ``"p"`` 2×2 max pool (kernel and
+        channels unused), ``"u"`` bilinear ×2 + ReLU + conv + ReLU.
     norm_window : int
         Window of the per-patch (here: sliding-window) normalisation; the paper trained on
         100×100 patches.
@@ -74,15 +63,11 @@ class FCRN(nn.Module):
         self.norm = LocalNorm(norm_window)
         layers: list[nn.Module] = []
         channels = 3
-        reach = Reach()
-        self.stride = 1
+        self.receptive_radius, self.stride = geometry.fcrn(spec, norm_window)
         for kind, kernel, out in spec:
             if kind == "p":
                 layers.append(nn.MaxPool2d(2))
-                reach = reach.pool(2, 2)
-                self.stride *= 2
             elif kind == "u":
-                reach = reach.up(2).conv(kernel)
                 layers += [
                     nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
                     nn.ReLU(),
@@ -91,12 +76,10 @@ class FCRN(nn.Module):
                 ]
                 channels = out
             else:
-                reach = reach.conv(kernel)
                 layers += [nn.Conv2d(channels, out, kernel, padding=kernel // 2), nn.ReLU()]
                 channels = out
         layers.append(nn.Conv2d(channels, 1, 1))
         self.body = nn.Sequential(*layers)
-        self.receptive_radius = reach.pixels + self.norm.radius
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.orthogonal_(m.weight)

@@ -6,12 +6,12 @@ or load, move with ``.to(device)`` and run in half precision under autocast like
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
+from wsidet.nets import geometry
 from wsidet.ops.colour import HED_FROM_RGB
 from wsidet.ops.filters import convolve_same, kernel_spectrum, padded_shape
 
@@ -76,7 +76,7 @@ class LaplacianOfGaussian(nn.Module):
 
     def __init__(self, sigmas: tuple[float, ...], truncate: float = 4.0) -> None:
         super().__init__()
-        self.radius = max(math.ceil(truncate * s) for s in sigmas)
+        self.radius = geometry.log_filter(sigmas, truncate).receptive_radius
         kernels = []
         for s in sigmas:
             g, g2 = gaussian_kernels(s, self.radius)

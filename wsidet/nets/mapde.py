@@ -22,8 +22,8 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from wsidet.nets import geometry
 from wsidet.nets.blocks import ConvBNAct, pad_to_multiple
-from wsidet.nets.receptive import Reach
 from wsidet.ops.filters import convolve_taps
 
 
@@ -57,22 +57,16 @@ class MicroNetUNet(nn.Module):
     def __init__(self, channels: tuple[int, ...] = (32, 64, 128, 256, 256)) -> None:
         super().__init__()
         levels = len(channels)
-        self.stride = 2 ** (levels - 1)
+        self.receptive_radius, self.stride = geometry.micronet_unet(channels)
         self.enc = nn.ModuleList()
         self.inject = nn.ModuleList()
-        reach, image = Reach(), Reach()
-        skips = []
         cin = 3
         for i, c in enumerate(channels):
             injected = 0
             if i > 0:
                 injected = c // 2
                 self.inject.append(ConvBNAct(3, injected, 3))
-                image = image.pool(2, 2)
-                reach = reach.pool(2, 2).union(image.conv(3))
             self.enc.append(nn.Sequential(ConvBNAct(cin + injected, c), ConvBNAct(c, c)))
-            reach = reach.conv(3).conv(3)
-            skips.append(reach)
             cin = c
         self.up = nn.ModuleList()
         self.dec = nn.ModuleList()
@@ -80,12 +74,10 @@ class MicroNetUNet(nn.Module):
             c = channels[i]
             self.up.append(nn.ConvTranspose2d(cin, c, 2, stride=2))
             self.dec.append(nn.Sequential(ConvBNAct(2 * c, c), ConvBNAct(c, c)))
-            reach = reach.up(2, kernel=2).union(skips[i]).conv(3).conv(3)
             cin = c
         self.pool = nn.MaxPool2d(2)
         self.shrink = nn.AvgPool2d(2)  # the input image at the next scale
         self.out_channels = cin
-        self.receptive_radius = reach.pixels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, channels[0], H, W)."""
@@ -130,8 +122,7 @@ class MapDeNet(nn.Module):
         self.relu = nn.ReLU()
         f = torch.from_numpy(mapping_filter(radius))[None, None]
         self.register_buffer("mapping", f, persistent=False)
-        self.stride = self.backbone.stride
-        self.receptive_radius = self.backbone.receptive_radius + radius  # + the fixed filter
+        self.receptive_radius, self.stride = geometry.mapde(radius, channels)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """RGB (N, 3, H, W) -> ``{"logits": (N, 1, H, W)}``."""

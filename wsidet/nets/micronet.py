@@ -36,8 +36,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from wsidet.nets import geometry
 from wsidet.nets.blocks import ConvBNAct, ResidualUnit, pad_to_multiple
-from wsidet.nets.receptive import Reach
 
 
 class MicroNet(nn.Module):
@@ -62,46 +62,35 @@ class MicroNet(nn.Module):
             raise ValueError(f"MicroNet has four downsampling blocks, got channels={channels}")
         elu = nn.ELU
         self.scale = scale
-        self.stride = 2 ** (len(channels) - 1)
+        self.receptive_radius, self.stride = geometry.micronet(channels)
         self.transition = ConvBNAct(3, channels[0], 3, act=elu)
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
-        reach = Reach().conv(3)
         cin = channels[0]
-        down_reach = []
         for i, c in enumerate(channels):
             if i > 0:
                 self.downsample.append(ConvBNAct(cin, c, 3, stride=2, act=elu))
-                reach = reach.conv(3, stride=2)
             dropout = 0.5 if i >= len(channels) - 2 else 0.0
             self.down.append(ResidualUnit(c if i > 0 else cin, c, act=elu, dropout=dropout))
-            reach = reach.conv(3).conv(3)
-            down_reach.append(reach)
             cin = c
         # The first upsampling block works at the deepest scale; three more follow upsamplings.
         self.bottom = ResidualUnit(cin, cin, act=elu)
-        reach = reach.conv(3).conv(3)
         self.upsample = nn.ModuleList()
         self.up = nn.ModuleList()
         for i in range(len(channels) - 2, -1, -1):
             c = channels[i]
             self.upsample.append(nn.ConvTranspose2d(cin, c, 2, stride=2))
             self.up.append(ResidualUnit(2 * c, c, act=elu))
-            reach = reach.up(2, kernel=2).union(down_reach[i]).conv(3).conv(3)
             cin = c
         # Multi-context: deeper downsampling outputs straight to full resolution.
         self.context = nn.ModuleList()
-        context_reach = []
         for i in range(1, len(channels)):
             factor = 2**i
             self.context.append(nn.ConvTranspose2d(channels[i], channels[0], factor, stride=factor))
-            context_reach.append(down_reach[i].up(factor, kernel=factor))
         self.head = nn.Sequential(
             ConvBNAct(channels[0] * len(channels), channels[0], 3, act=elu),
             nn.Conv2d(channels[0], 1, 1),
         )
-        reach = reach.union(*context_reach).conv(3)
-        self.receptive_radius = reach.pixels
         # Start the output near a typical target (scale · 0.02), not at scale / 2: from the
         # middle, the background error drives the sigmoid into saturation before nuclei are
         # learnt (as for the proximity patches).

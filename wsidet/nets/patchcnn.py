@@ -26,9 +26,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-PATCH = 49  # input patch edge
-OUT = 17  # proximity patch edge
-HALF_IN, HALF_OUT = PATCH // 2, OUT // 2
+from wsidet.nets import geometry
+
+# Patch sizes are torch-free, so a method's halo can be read without torch.
+from wsidet.nets.geometry import HALF_IN as HALF_IN
+from wsidet.nets.geometry import HALF_OUT as HALF_OUT
+from wsidet.nets.geometry import OUT as OUT
+from wsidet.nets.geometry import PATCH as PATCH
 
 
 def centre_offset(scan_stride: int) -> int:
@@ -64,7 +68,8 @@ class ProximityPatchCNN(nn.Module):
         if scan_stride < 1:
             raise ValueError(f"scan_stride must be >= 1, got {scan_stride}")
         self.scan_stride = scan_stride
-        self.stride = scan_stride  # tiles must start on the ss-grid of patch centres
+        # Tiles must start on the ss-grid of patch centres: the stride is scan_stride.
+        self.receptive_radius, self.stride = geometry.patch_cnn(scan_stride)
         self.conv1 = nn.Conv2d(3, 32, 6)
         self.conv2 = nn.Conv2d(32, 32, 3, dilation=2)
         self.conv3 = nn.Conv2d(32, 32, 3, dilation=4)
@@ -74,7 +79,6 @@ class ProximityPatchCNN(nn.Module):
         self.relu = nn.ReLU()
         self.drop = nn.Dropout(dropout)
         self.centre_offset = centre_offset(scan_stride)
-        self.receptive_radius = HALF_IN + HALF_OUT
         # Without batch norm, a plain ReLU stack trains only if activations keep their scale:
         # He initialisation, and inputs centred in ``features``. With PyTorch's default
         # (uniform, gain 1/3) and raw [0, 1] inputs, training sat on a plateau for ~1000

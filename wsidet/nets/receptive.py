@@ -1,7 +1,8 @@
 """Receptive-field bookkeeping for the networks in :mod:`wsidet.nets`.
 
-Each network computes its receptive radius from its own layer configuration. A :class:`Reach`
-tracks, for feature pixel ``i`` of a map with stride ``jump``, the interval of input pixels
+Each architecture's receptive radius is computed from its layer configuration, without torch,
+in :mod:`wsidet.nets.geometry` (which its network uses too). A :class:`Reach` tracks, for
+feature pixel ``i`` of a map with stride ``jump``, the interval of input pixels
 ``[jump * i + lo, jump * i + hi]`` it depends on; layers transform the interval exactly
 (pooling and stride-2 transposed convolutions are asymmetric, so a symmetric radius would
 overstate them), and paths that meet at a concatenation or sum take the union. The receptive

@@ -31,8 +31,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from wsidet.nets import geometry
 from wsidet.nets.blocks import ConvBNAct, ResidualUnit, pad_to_multiple
-from wsidet.nets.receptive import Reach
 
 
 class VocaNet(nn.Module):
@@ -46,10 +46,8 @@ class VocaNet(nn.Module):
 
     def __init__(self, channels: tuple[int, ...] = (32, 64, 128, 256)) -> None:
         super().__init__()
-        self.stride = 2 ** len(channels)
+        self.receptive_radius, self.stride = geometry.voca(channels)
         self.stem = ConvBNAct(3, channels[0] // 2, 3)
-        reach = Reach().conv(3)
-        skip_reach = [reach]
         self.encoder = nn.ModuleList()
         cin = channels[0] // 2
         for c in channels:
@@ -58,10 +56,7 @@ class VocaNet(nn.Module):
                     ResidualUnit(cin, c, convs=1, act=nn.ReLU), ConvBNAct(c, c, 3, stride=2)
                 )
             )
-            reach = reach.conv(3).conv(3, stride=2)
-            skip_reach.append(reach)
             cin = c
-        skip_reach.pop()
         self.decoder = nn.ModuleList()
         for c in (*reversed(channels[:-1]), channels[0] // 2):
             self.decoder.append(
@@ -72,7 +67,6 @@ class VocaNet(nn.Module):
                     nn.ReLU(),
                 )
             )
-            reach = reach.conv(3).up(2, kernel=2).union(skip_reach.pop())
             cin = c
         self.conf = nn.Conv2d(cin, 1, 1)
         self.loc = nn.Conv2d(cin, 2, 1)
@@ -82,7 +76,6 @@ class VocaNet(nn.Module):
         if self.wt.bias is not None:
             nn.init.constant_(self.wt.bias, 1.0)
         self.relu = nn.ReLU()
-        self.receptive_radius = reach.pixels
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """RGB (N, 3, H, W) -> conf, loc, wt maps at (H, W)."""

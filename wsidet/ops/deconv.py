@@ -23,6 +23,11 @@ from torch.nn import functional as F
 
 from wsidet.ops.filters import convolve_taps
 
+# Torch-free, so a method's halo can be read without torch.
+from wsidet.ops.support import centroid_support as centroid_support
+from wsidet.ops.support import deconv_support as deconv_support
+from wsidet.ops.support import region_support as region_support
+
 _EPS = 1e-12
 
 
@@ -49,33 +54,11 @@ def richardson_lucy(image: torch.Tensor, psf: torch.Tensor, iterations: int) -> 
     return estimate
 
 
-def deconv_support(psf_radius: int, iterations: int) -> int:
-    """Pixels of context one output pixel of :func:`richardson_lucy` reads."""
-    return 2 * psf_radius * iterations
-
-
 def _window3(x: torch.Tensor, fill: float, reduce: str) -> torch.Tensor:
     """Max (or min) over each pixel's 3×3 neighbourhood, ``fill`` outside the image."""
     sign = 1.0 if reduce == "max" else -1.0
     padded = F.pad(sign * x[None, None], (1, 1, 1, 1), value=sign * fill)
     return sign * F.max_pool2d(padded, 3, stride=1)[0, 0]
-
-
-def region_support(max_extent: int) -> int:
-    """Pixels of context deciding whether a pixel's region is small reads (labels, then size)."""
-    return 3 * max_extent + 2
-
-
-def centroid_support(max_extent: int, min_distance: int) -> int:
-    """Pixels of context one point of :func:`region_centroids` reads.
-
-    A point of a large component is a peak, and a peak's fate reads whether each pixel within
-    :func:`wsidet.ops.peaks.support` of it belongs to a large component, which reads that pixel's
-    own :func:`region_support`: the two add up.
-    """
-    from wsidet.ops.peaks import support
-
-    return region_support(max_extent) + support(min_distance)
 
 
 def region_centroids(

@@ -16,15 +16,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-
-def support(min_distance: int) -> int:
-    """Map context (px each side) that deciding one peak of :func:`local_maxima` reads.
-
-    A peak reads its own window (``m``); breaking a tie reads whether its tied neighbours (up
-    to ``m`` away) are candidates, which reads their windows (``2 m``); the sub-pixel fit reads
-    the 3×3 neighbourhood.
-    """
-    return max(2 * int(min_distance), 1)
+# Torch-free, so a method's halo can be read without torch.
+from wsidet.ops.support import support as support
 
 
 def _running_max(x: torch.Tensor, before: int, after: int, dim: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from wsidet.errors import WeightsError
-from wsidet.methods import DEFAULT_METHOD, get_method, method_class
+from wsidet.methods import DEFAULT_METHOD, get_method, list_methods, method_class
 from wsidet.methods.base import Method
 from wsidet.slide.stain import StainStats
 from wsidet.weights.files import weights_metadata
@@ -38,8 +38,8 @@ def bundled_names() -> list[str]:
 
 
 def bundled_methods() -> list[str]:
-    """Methods with bundled default weights."""
-    return [name for name in bundled_names() if "-" not in name]
+    """Methods with bundled default weights (``wsidet.list_methods(pretrained=True)``)."""
+    return list_methods(pretrained=True)
 
 
 def stain_reference(
