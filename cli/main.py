@@ -105,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated: parquet, geojson, geojson.gz (default: parquet,geojson); "
         "parquet is always written (resuming reads it)",
     )
+    run.add_argument(
+        "-r",
+        "--recursive",
+        action="store_true",
+        help="also search the folders' subfolders for slides (one folder per case); slides "
+        "sharing a file name are named by their paths (site1__slide, site2__slide)",
+    )
     run.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     run.add_argument(
         "--no-tissue", action="store_true", help="process every chunk, not only tissue"
@@ -231,7 +238,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         allow_pickle=args.allow_pickle,
         **parse_params(args.param),
     )
-    slides = find_slides(args.slides)
+    slides = find_slides(args.slides, recursive=args.recursive)
     # Import the heavy libraries now, so a slide's timing measures the slide, not start-up.
     import dask.array  # noqa: F401
     import geopandas  # noqa: F401

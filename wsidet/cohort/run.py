@@ -27,11 +27,12 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wsidet.cohort.discover import CohortError, find_slides, slide_ids
 from wsidet.cohort.resume import output_state, slide_fingerprint
 from wsidet.errors import OutputExistsError, SlideNotFoundError, WsidetError
 from wsidet.inference.detector import DEFAULT_TILE
@@ -52,7 +53,6 @@ from wsidet.output.manifest import (
 from wsidet.output.metadata import SlideMetadata, read_parquet_metadata
 from wsidet.slide.reader import check_slide_file
 from wsidet.slide.stain import StainStats
-from wsidet.slide.wsi import slide_id_for
 from wsidet.tiling import DEFAULT_CHUNK
 
 __all__ = [
@@ -70,14 +70,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: File endings taken as slides when a folder is given.
-SLIDE_ENDINGS = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".ome.tif", ".ome.tiff")
 #: Slide ids that would collide with the folder's own files.
 RESERVED_IDS = frozenset({Path(MANIFEST).stem})
-
-
-class CohortError(WsidetError, ValueError):
-    """The cohort itself is unusable (no slides, two slides with the same id, no output)."""
 
 
 @dataclass(frozen=True)
@@ -121,50 +115,6 @@ class CohortProgress:
     on_slide: Callable[[SlideResult, int, int], None] | None = None  # result, finished, total
     on_chunks: Callable[[int, int], None] | None = None  # done, total known so far
     on_dashboard: Callable[[str], None] | None = None
-
-
-def find_slides(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Slides named directly, or found (non-recursively) in named folders, in order.
-
-    A file named twice (also under different spellings of its path) counts once. Entries
-    that cannot be slides (a symlink loop, a FIFO, a device, a broken link) are kept: each
-    then fails as its own slide, with the reason, while the others run.
-
-    Raises
-    ------
-    CohortError
-        Nothing was found, or two slides share a ``slide_id`` (their outputs would collide).
-    """
-    found: list[Path] = []
-    for item in paths:
-        p = Path(item)
-        if p.is_dir():
-            try:
-                entries = sorted(p.iterdir())
-            except OSError:
-                found.append(p)  # fails as a slide, saying why
-                continue
-            found += [
-                f for f in entries if f.name.lower().endswith(SLIDE_ENDINGS) and not f.is_dir()
-            ]
-        else:
-            found.append(p)  # a missing or unreadable file fails later, as that slide's error
-    seen: set[str] = set()
-    unique: list[Path] = []
-    for p in found:
-        real = os.path.realpath(p)  # unlike Path.resolve, never raises on a symlink loop
-        if real not in seen:
-            seen.add(real)
-            unique.append(p)
-    if not unique:
-        raise CohortError("no slides found in the paths given")
-    ids: dict[str, Path] = {}
-    for path in unique:
-        slide_id = slide_id_for(path)
-        if slide_id in ids:
-            raise CohortError(f"two slides would write {slide_id!r}: {ids[slide_id]} and {path}")
-        ids[slide_id] = path
-    return unique
 
 
 def _one_line(exc: BaseException) -> str:
@@ -215,6 +165,7 @@ def run_cohort(
     max_in_flight: int | None = None,
     progress: CohortProgress | None = None,
     raise_errors: bool = False,
+    recursive: bool = False,
 ) -> CohortSummary:
     """Detect nuclei in many slides, writing one output per slide and a manifest.
 
@@ -248,6 +199,9 @@ def run_cohort(
     progress : CohortProgress, optional
     raise_errors : bool
         Raise a slide's error instead of recording it and going on (for debugging).
+    recursive : bool
+        Search folders' subfolders for slides too. Slides with the same file name get ids
+        from their paths (:func:`wsidet.cohort.discover.slide_ids`).
 
     Returns
     -------
@@ -256,7 +210,7 @@ def run_cohort(
     Raises
     ------
     CohortError
-        No slides, colliding slide ids, an output folder that cannot be written, or a GPU
+        No slides, an output folder that cannot be written, or a GPU
         resource no worker has.
     ParameterError
         A number out of range, or one block would not fit in memory.
@@ -267,7 +221,7 @@ def run_cohort(
     """
     options = ExecOptions(chunk, tile, batch_size, device, allow_pickle)
     check_run_numbers(mpp=mpp)
-    slides = find_slides(paths)
+    slides = find_slides(paths, recursive=recursive)
     check_writable(Path(out))
     run = RunSpec.resolve(
         method,
@@ -361,7 +315,7 @@ def run_slides(
         logger.info("removed %s, left by an interrupted run", stale)
     record = _Record(
         out_dir, ManifestWriter(out_dir, load_rows(out_dir)), run.method.name,
-        settings, progress or CohortProgress(), len(slides),
+        settings, progress or CohortProgress(), len(slides), slide_ids(slides),
     )  # fmt: skip
     try:
         todo = [path for path in slides if _needs_run(path, run, record)]
@@ -398,6 +352,7 @@ class _Record:
     settings: CohortOptions
     progress: CohortProgress
     total: int
+    ids: dict[Path, str]
     finished: list[SlideResult] = dataclasses.field(default_factory=list)
     signatures: dict[Path, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
@@ -422,7 +377,7 @@ class _Record:
             raise exc
         logger.info("slide %s failed: %s", path, _one_line(exc))
         result = SlideResult(
-            str(path), slide_id_for(path), "failed", seconds=seconds,
+            str(path), self.ids[path], "failed", seconds=seconds,
             error=_one_line(exc), method=self.method,
         )  # fmt: skip
         self.report(result, keep_row=keep_row)
@@ -442,7 +397,7 @@ class _Record:
 
 def _needs_run(path: Path, run: RunSpec, record: _Record) -> bool:
     """Whether ``path`` must be computed; records it when it fails, conflicts or is reused."""
-    slide_id = slide_id_for(path)
+    slide_id = record.ids[path]
     if slide_id in RESERVED_IDS:
         record.failed(path, CohortError(f"slide id {slide_id!r} is reserved; rename {path}"))
         return False
@@ -549,7 +504,7 @@ def _run_local(todo: Sequence[Path], run: RunSpec, options: ExecOptions, record:
         started = time.perf_counter()
         counts["this"] = 0
         try:
-            frame = detect(path, run, options, progress=count)
+            frame = detect(path, run, options, progress=count, slide_id=record.ids[path])
         except Exception as exc:  # one bad slide must not stop the others
             record.failed(path, exc, time.perf_counter() - started)
             continue
@@ -611,8 +566,9 @@ class _Window:
             path = queue.pop(0)
             self.started[path] = time.perf_counter()
             plan = self.client.submit(
-                plan_slide, path, self.run_spec, self.options, pure=False, retries=self.retries
-            )
+                plan_slide, path, self.run_spec, self.options, self.record.ids[path],
+                pure=False, retries=self.retries,
+            )  # fmt: skip
             self.kind[plan] = ("plan", path)
             self.futures.add(plan)
 

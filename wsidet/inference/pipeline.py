@@ -409,12 +409,16 @@ class SlidePlan:
 
 
 def plan_slide(
-    slide: Slide | str | os.PathLike[str], run: RunSpec, options: ExecOptions | None = None
+    slide: Slide | str | os.PathLike[str],
+    run: RunSpec,
+    options: ExecOptions | None = None,
+    slide_id: str | None = None,
 ) -> SlidePlan:
     """Open a slide, choose its scale and chunks, and find the chunks on tissue.
 
     Reads only the slide's metadata, a low-resolution level (for the tissue mask) and, with
-    stain normalisation, a few windows of tissue.
+    stain normalisation, a few windows of tissue. ``slide_id`` names the outputs instead of
+    the file name (a cohort with two files of one name).
 
     Raises
     ------
@@ -432,6 +436,8 @@ def plan_slide(
         slide = open_slide(slide, mpp=numeric)
     elif numeric is not None:
         slide = slide.with_mpp(numeric, "override")
+    if slide_id is not None:
+        slide = slide.with_id(slide_id)
     slide, estimate, notes = resolve_mpp(slide, run.mpp, check=options.check_mpp)
     for note in notes:
         warnings.warn(f"{slide.slide_id}: {note}", MppWarning, stacklevel=2)
@@ -471,6 +477,7 @@ def detect(
     *,
     progress: Progress | None = None,
     scheduler: Any = None,
+    slide_id: str | None = None,
 ) -> gpd.GeoDataFrame:
     """:func:`detect_slide` with its settings already resolved (see :mod:`wsidet.inference.spec`).
 
@@ -483,13 +490,15 @@ def detect(
         ``progress(done, total)`` over detection blocks.
     scheduler : optional
         Dask scheduler name or ``distributed.Client`` (default: threads in this process).
+    slide_id : str, optional
+        Names the outputs instead of the file name.
 
     Returns
     -------
     geopandas.GeoDataFrame
     """
     started = time.perf_counter()
-    plan = plan_slide(slide, run, options)
+    plan = plan_slide(slide, run, options, slide_id)
     if not (hasattr(scheduler, "compute") and hasattr(scheduler, "gather")):
         plan.detector.get()  # in this process: fail fast on weights/device before reading
     results = _compute(plan.tasks(), scheduler, progress)

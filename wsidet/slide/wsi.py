@@ -158,6 +158,9 @@ class Slide:
         of its nuclei, :mod:`wsidet.slide.scale_check`) or ``"unknown"``.
     vendor : str
         Format detected by tiffslide (``aperio``, ``generic-tiff``, ...).
+    name : str, optional
+        The id to name outputs by, where the file name alone is not unique in a cohort
+        (see :meth:`with_id`).
     """
 
     path: Path
@@ -168,11 +171,16 @@ class Slide:
     _tissue_cache: dict[tuple[Any, ...], TissueMask] = field(
         default_factory=dict, compare=False, repr=False
     )
+    name: str | None = None
 
     @property
     def slide_id(self) -> str:
-        """File name without its extension(s), used to name outputs."""
-        return slide_id_for(self.path)
+        """The id that names outputs: the file name without its extension(s) by default."""
+        return self.name if self.name is not None else slide_id_for(self.path)
+
+    def with_id(self, slide_id: str) -> Slide:
+        """The same slide, its outputs named ``slide_id`` (two files of one name in a cohort)."""
+        return dataclasses.replace(self, name=slide_id)
 
     @property
     def shape(self) -> tuple[int, int]:
