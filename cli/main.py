@@ -169,8 +169,9 @@ class _Bars:
     def __init__(self, slides: int, *, quiet: bool) -> None:
         from tqdm import tqdm
 
-        self.quiet = quiet
-        self.slides = tqdm(total=slides, unit="slide", disable=quiet or slides < 2, position=0)
+        # Bars redraw with carriage returns: only on a terminal, never into a log file.
+        self.quiet = quiet or not sys.stderr.isatty()
+        self.slides = tqdm(total=slides, unit="slide", disable=self.quiet or slides < 2, position=0)
         self.chunks: Any = None  # opened when the first chunks are known
 
     def on_chunks(self, done: int, total: int) -> None:
@@ -274,7 +275,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             bars.write(f"wsidet: error: {prefix}{result.error}", error=True)
 
     def on_dashboard(link: str) -> None:
-        bars.write(f"dask dashboard: {link}")
+        bars.write(f"dask dashboard: {link}", error=True)  # stdout is for results
 
     try:
         summary = run_slides(

@@ -598,10 +598,13 @@ class _Window:
                 self._finish(path, results)
 
     def _finish(self, path: Path, results: list[Any]) -> None:
-        seconds = time.perf_counter() - self.started.pop(path)
+        self.started.pop(path)
         self.remaining.pop(path, None)
+        plan = self.plans.pop(path)
+        # From the start of its planning on a worker: the time it waited for one is not its.
+        seconds = max(0.0, time.time() - plan.started)
         try:
-            frame = self.plans.pop(path).finish(results, seconds)
+            frame = plan.finish(results, seconds)
         except Exception as exc:
             self.record.failed(path, exc, seconds)
             return

@@ -278,6 +278,9 @@ class SlidePlan:
     warnings : tuple of str
         What looks wrong with this run before it starts (a pixel size far from the
         estimate); :meth:`finish` adds what the detections show (an implausible density).
+    started : float
+        ``time.time()`` when planning began, where it ran: a slide's time on a cluster counts
+        from here, not from when it joined the queue.
     """
 
     slide: Slide
@@ -290,6 +293,7 @@ class SlidePlan:
     stain: Reinhard | None = None
     mpp_estimate: float | None = None
     warnings: tuple[str, ...] = ()
+    started: float = 0.0
 
     @property
     def method(self) -> Method:
@@ -429,6 +433,7 @@ def plan_slide(
     """
     from wsidet.slide.scale_check import resolve_mpp
 
+    started = time.time()
     options = options or ExecOptions()
     method = run.method
     numeric = None if isinstance(run.mpp, str) else run.mpp
@@ -467,6 +472,7 @@ def plan_slide(
         normaliser,
         estimate.mpp if estimate is not None and estimate.mpp == estimate.mpp else None,
         notes,
+        started,
     )
 
 

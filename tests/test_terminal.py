@@ -1,0 +1,24 @@
+"""Terminal manners: results on stdout, everything else on stderr, no redraws into a log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from wsidet.cli.main import main
+
+from tests.conftest import BlobSlide
+
+
+def test_a_redirected_run_writes_plain_lines(
+    blob_slide: BlobSlide, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Captured streams are not terminals, as when a run is piped into a log file.
+    code = main(["run", str(blob_slide.path), "--out", str(tmp_path), "--method", "log"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    for stream in (out, err):
+        assert "\r" not in stream and "\x1b" not in stream  # no bar redraws, no colours
+    (line,) = out.splitlines()
+    assert line.startswith("blobs: 120 nuclei") and line.endswith("blobs.geojson")
+    assert all(text.startswith("wsidet: warning: ") for text in err.splitlines())
