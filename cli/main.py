@@ -101,9 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--format",
         type=formats_arg,
-        default=["parquet", "geojson"],
-        help="comma-separated: parquet, geojson, geojson.gz (default: parquet,geojson); "
-        "parquet is always written (resuming reads it)",
+        default=["parquet", "geojson", "density"],
+        help="comma-separated: parquet, geojson, geojson.gz (the points), density, "
+        "density.geojson (nuclei per grid cell, GeoParquet or QuPath tiles) (default: "
+        "parquet,geojson,density); parquet is always written (resuming reads it)",
+    )
+    run.add_argument(
+        "--density-cell",
+        type=limited(float, limits.DENSITY_CELL),
+        default=None,
+        metavar="UM",
+        help="edge of the density grid's cells in µm (default: 100)",
     )
     run.add_argument(
         "-r",
@@ -291,6 +299,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             ),
             CohortOptions(
                 formats=tuple(args.format),
+                cell_um=args.density_cell,
                 overwrite=args.overwrite,
                 gpu_resource=gpu_resource,
                 raise_errors=args.debug,

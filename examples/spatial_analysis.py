@@ -1,10 +1,11 @@
-"""Detect nuclei in the sample slide, then analyse them with geopandas.
+"""Analyse the nuclei a run found, with geopandas: reads the results, never re-detects.
 
-    python examples/spatial_analysis.py [SLIDE] [--out results]
+    wsidet run examples/data/CMU-1-Small-Region.svs --out results     # once
+    python examples/spatial_analysis.py results [SLIDE_ID]
 
-Shows the three things most analyses start from: nucleus density on a grid of 100 µm squares
-(written as a GeoParquet layer you can open in QGIS or QuPath), nearest-neighbour distances, and
-selecting the nuclei inside a region of interest.
+Shows the three things most analyses start from: the density grid the run wrote (nuclei per
+100 µm square, ``SLIDE_ID.density.parquet``; open it in QGIS, or ``--format density.geojson``
+for QuPath), nearest-neighbour distances, and the nuclei inside a region of interest.
 """
 
 from __future__ import annotations
@@ -19,43 +20,33 @@ from scipy.spatial import cKDTree
 
 import wsidet
 
-ROOT = Path(__file__).resolve().parent
-
-
-def density_grid(points: gpd.GeoDataFrame, cell_px: float) -> gpd.GeoDataFrame:
-    """Squares of ``cell_px`` level-0 pixels with the number of nuclei in each."""
-    col = np.floor(points["x"].to_numpy() / cell_px).astype(int)
-    row = np.floor(points["y"].to_numpy() / cell_px).astype(int)
-    cells, counts = np.unique(np.stack([row, col], axis=1), axis=0, return_counts=True)
-    squares = shapely.box(
-        cells[:, 1] * cell_px,
-        cells[:, 0] * cell_px,
-        (cells[:, 1] + 1) * cell_px,
-        (cells[:, 0] + 1) * cell_px,
-    )
-    return gpd.GeoDataFrame({"nuclei": counts}, geometry=squares, crs=None)
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("slide", nargs="?", default=ROOT / "data" / "CMU-1-Small-Region.svs")
-    parser.add_argument("--out", type=Path, default=Path("results"))
+    parser.add_argument("results", type=Path, nargs="?", default=Path("results"))
+    parser.add_argument("slide_id", nargs="?", help="default: the folder's first slide")
     args = parser.parse_args()
 
-    points = wsidet.detect_slide(args.slide)
-    mpp = points.attrs["wsidet"]["slide"]["mpp"]
-    print(f"{len(points)} nuclei at {mpp:.3f} µm/px")
+    points = wsidet.read_detections(args.results)  # every done slide of the folder
+    if points.empty:
+        raise SystemExit(f"no detections in {args.results}: run wsidet run SLIDE --out it first")
+    slide_id = args.slide_id or str(points["slide_id"].iloc[0])
+    points = points[points["slide_id"] == slide_id]
+    mpp = wsidet.read_detections(args.results / f"{slide_id}.parquet").attrs["wsidet"]["slide"][
+        "mpp"
+    ]
+    print(f"{slide_id}: {len(points)} nuclei at {mpp:.3f} µm/px")
 
-    cell_px = 100.0 / mpp  # 100 µm squares
-    grid = density_grid(points, cell_px)
-    grid["per_mm2"] = grid["nuclei"] / (0.1 * 0.1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    grid_path = args.out / f"{points.attrs['wsidet']['slide']['slide_id']}-density.parquet"
-    grid.to_parquet(grid_path, schema_version="1.1.0")
-    print(
-        f"density per 100 µm square: median {grid['per_mm2'].median():.0f}/mm², "
-        f"max {grid['per_mm2'].max():.0f}/mm² -> {grid_path}"
-    )
+    grid_path = args.results / f"{slide_id}.density.parquet"
+    if grid_path.is_file():
+        grid = gpd.read_parquet(grid_path)
+        full = grid[grid["area_mm2"] > 0.99 * grid["area_mm2"].max()]  # not cut at the edge
+        occupied = full[full["count"] > 0]
+        print(
+            f"density per {grid.attrs.get('wsidet', {}).get('cell_um', 100):g} µm square: "
+            f"median {occupied['per_mm2'].median():.0f}/mm², "
+            f"max {occupied['per_mm2'].max():.0f}/mm² ({len(occupied)} cells with nuclei)"
+        )
 
     xy = points[["x", "y"]].to_numpy()
     distances, _ = cKDTree(xy).query(xy, k=2)

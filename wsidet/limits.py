@@ -56,6 +56,8 @@ CHUNK = Range(
 TILE = Range(64, 8192, "smaller tiles are mostly margin (hours of wasted compute)")
 #: Model tiles per forward pass.
 BATCH = Range(1, 256, "a batch holds its tiles' activations at once")
+#: Density grid cell edge (µm).
+DENSITY_CELL = Range(5.0, 10_000.0, "cells of about one nucleus to a centimetre")
 #: Most a method's scale may enlarge a slide (level pixels per working pixel >= 1/this):
 #: a 0.5 µm/px model on a 2 µm/px scan sees 4x-enlarged, blurred nuclei already.
 MAX_ENLARGEMENT = 4.0

@@ -38,7 +38,7 @@ from wsidet.errors import OutputExistsError, SlideNotFoundError, WsidetError
 from wsidet.inference.detector import DEFAULT_TILE
 from wsidet.inference.pipeline import SlidePlan, detect, plan_slide
 from wsidet.inference.spec import ExecOptions, RunSpec
-from wsidet.limits import check_block_memory, check_run_numbers
+from wsidet.limits import DENSITY_CELL, check_block_memory, check_run_numbers
 from wsidet.methods.base import Method
 from wsidet.output.detections import output_paths, read_detections, write_detections
 from wsidet.output.files import clean_stale_temporaries
@@ -166,6 +166,7 @@ def run_cohort(
     progress: CohortProgress | None = None,
     raise_errors: bool = False,
     recursive: bool = False,
+    cell_um: float | None = None,
 ) -> CohortSummary:
     """Detect nuclei in many slides, writing one output per slide and a manifest.
 
@@ -199,6 +200,8 @@ def run_cohort(
     progress : CohortProgress, optional
     raise_errors : bool
         Raise a slide's error instead of recording it and going on (for debugging).
+    cell_um : float, optional
+        Cell edge of the density grid (formats ``density``, ``density.geojson``) in µm.
     recursive : bool
         Search folders' subfolders for slides too. Slides with the same file name get ids
         from their paths (:func:`wsidet.cohort.discover.slide_ids`).
@@ -233,7 +236,7 @@ def run_cohort(
         allow_pickle=allow_pickle,
     )
     settings = CohortOptions(
-        tuple(formats), overwrite, gpu_resource, retries, max_in_flight, raise_errors
+        tuple(formats), overwrite, gpu_resource, retries, max_in_flight, raise_errors, cell_um
     )
     return run_slides(slides, out, run, options, settings, client=client, progress=progress)
 
@@ -256,6 +259,8 @@ class CohortOptions:
         Slides being processed at once on a cluster (default: twice the workers).
     raise_errors : bool
         Raise a slide's error instead of recording it and going on (for debugging).
+    cell_um : float, optional
+        Cell edge of the ``density`` formats' grid in µm (default 100).
     """
 
     formats: tuple[str, ...] = ("parquet",)
@@ -264,6 +269,11 @@ class CohortOptions:
     retries: int = 1
     max_in_flight: int | None = None
     raise_errors: bool = False
+    cell_um: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.cell_um is not None:
+            DENSITY_CELL.check("cell_um", self.cell_um)
 
     @property
     def all_formats(self) -> list[str]:
@@ -388,7 +398,13 @@ class _Record:
         meta["signature"] = self.signatures[path]
         formats = self.settings.all_formats
         try:
-            write_detections(frame, self.out, formats=[*formats[1:], "parquet"], overwrite=True)
+            write_detections(
+                frame,
+                self.out,
+                formats=[*formats[1:], "parquet"],
+                overwrite=True,
+                cell_um=self.settings.cell_um,
+            )
         except (OSError, ValueError) as exc:  # a full disk or a lost mount: this slide only
             self.failed(path, exc, seconds)
             return
@@ -416,7 +432,7 @@ def _needs_run(path: Path, run: RunSpec, record: _Record) -> bool:
         return False
     if state.action == "reuse":
         try:
-            meta, n_points = _complete(targets, state.missing)
+            meta, n_points = _complete(targets, state.missing, record.settings.cell_um)
         except (OSError, ValueError) as exc:
             record.failed(path, exc)
         else:
@@ -470,13 +486,15 @@ def _row(
     )
 
 
-def _complete(targets: dict[str, Path], missing: Sequence[str]) -> tuple[SlideMetadata, int]:
+def _complete(
+    targets: dict[str, Path], missing: Sequence[str], cell_um: float | None
+) -> tuple[SlideMetadata, int]:
     """Metadata and point count of a done slide, writing ``missing`` formats first."""
     parquet = targets["parquet"]
     if missing:
         frame = read_detections(parquet)
         for fmt in missing:
-            write_detections(frame, parquet.parent, formats=[fmt])
+            write_detections(frame, parquet.parent, formats=[fmt], cell_um=cell_um)
     meta, n_points = read_parquet_metadata(parquet)
     return SlideMetadata.from_dict(meta), n_points
 

@@ -31,8 +31,17 @@ if TYPE_CHECKING:
 from wsidet.output.files import atomic_path, ensure_free
 
 QUPATH_CLASS = {"name": "Nucleus", "color": [220, 40, 40]}
-FORMATS = ("parquet", "geojson", "geojson.gz")
-_SUFFIX = {"parquet": ".parquet", "geojson": ".geojson", "geojson.gz": ".geojson.gz"}
+#: Output formats: the points, and the density grid of :mod:`wsidet.output.density`.
+FORMATS = ("parquet", "geojson", "geojson.gz", "density", "density.geojson")
+_SUFFIX = {
+    "parquet": ".parquet",
+    "geojson": ".geojson",
+    "geojson.gz": ".geojson.gz",
+    "density": ".density.parquet",
+    "density.geojson": ".density.geojson",
+}
+#: Files of a folder that are not a slide's detections.
+_NOT_DETECTIONS = (".density.parquet",)
 
 
 def detections_frame(
@@ -171,6 +180,7 @@ def write_detections(
     *,
     formats: Sequence[str] = ("parquet", "geojson"),
     overwrite: bool = False,
+    cell_um: float | None = None,
 ) -> dict[str, Path]:
     """Write one slide's detections in several formats; nothing is written if any exists.
 
@@ -180,20 +190,34 @@ def write_detections(
         From :func:`wsidet.detect_slide` (its ``slide_id`` names the files).
     out_dir : path
     formats : sequence of str
-        Some of ``parquet``, ``geojson``, ``geojson.gz``.
+        Some of :data:`FORMATS`: ``parquet``, ``geojson``, ``geojson.gz`` (the points),
+        ``density`` (GeoParquet) and ``density.geojson`` (QuPath tiles): nuclei per grid
+        cell (:mod:`wsidet.output.density`).
     overwrite : bool
+    cell_um : float, optional
+        The density grid's cell edge in µm (default
+        :data:`~wsidet.output.density.DEFAULT_CELL_UM`).
 
     Returns
     -------
     dict of str to pathlib.Path
     """
+    from wsidet.output import density
+
     slide_id = _slide_id(frame)
     paths = output_paths(out_dir, slide_id, formats)
     if not overwrite:
         ensure_free(list(paths.values()))
     writers = {"parquet": write_geoparquet, "geojson": write_geojson, "geojson.gz": write_geojson}
+    grid = None
     for fmt, path in paths.items():
-        writers[fmt](frame, path, overwrite=overwrite)
+        if fmt.startswith("density"):
+            if grid is None:
+                grid = density.density_grid(frame, cell_um or density.DEFAULT_CELL_UM)
+            write = density.write_density if fmt == "density" else density.write_density_geojson
+            write(grid, path, overwrite=overwrite)
+        else:
+            writers[fmt](frame, path, overwrite=overwrite)
     return paths
 
 
@@ -242,7 +266,11 @@ def _cohort_files(folder: Path) -> tuple[list[Path], dict[str, str]]:
     """
     from wsidet.output.manifest import MANIFEST, load_rows
 
-    parquets = sorted(f for f in folder.glob("*.parquet") if f.name != MANIFEST)
+    parquets = sorted(
+        f
+        for f in folder.glob("*.parquet")
+        if f.name != MANIFEST and not f.name.endswith(_NOT_DETECTIONS)
+    )
     if not (folder / MANIFEST).is_file():
         return parquets, {}
     root = folder.resolve()
