@@ -15,6 +15,7 @@ import signal
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from wsidet._version import __version__
@@ -112,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="UM",
         help="edge of the density grid's cells in µm (default: 100)",
+    )
+    run.add_argument(
+        "--regions",
+        type=Path,
+        metavar="FILE",
+        help="detect only inside these polygons (QuPath annotations exported as GeoJSON, or "
+        "any polygons in level-0 pixels, GeoJSON or GeoParquet); adds a region column and "
+        "SLIDE.regions.csv (nuclei, area and nuclei per mm² of each region)",
     )
     run.add_argument(
         "-r",
@@ -236,6 +245,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from wsidet.cohort.cluster import close_client, start_client
     from wsidet.cohort.run import CohortOptions, CohortProgress, find_slides, run_slides
     from wsidet.inference.spec import ExecOptions, RunSpec
+    from wsidet.slide.regions import read_regions
 
     run = RunSpec.resolve(
         args.method,
@@ -245,7 +255,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         stain=args.stain_normalise,
         precision=args.precision,
         allow_pickle=args.allow_pickle,
-        **parse_params(args.param),
+        params=parse_params(args.param),
+        regions=read_regions(args.regions) if args.regions else None,
     )
     slides = find_slides(args.slides, recursive=args.recursive)
     # Import the heavy libraries now, so a slide's timing measures the slide, not start-up.
@@ -268,13 +279,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             gpus=gpus,
             dashboard_address=args.dashboard_address,
         )
+    # With regions, each slide's per-region table is written beside its points.
+    formats = (*args.format, *(["regions.csv"] if args.regions else []))
     bars = _Bars(len(slides), quiet=args.quiet)
     several = len(slides) > 1
 
     def on_slide(result: Any, finished: int, total: int) -> None:
         bars.slides.update(1)
         if result.status == "done":
-            outputs = output_paths(args.out, result.slide_id, ["parquet", *args.format])
+            outputs = output_paths(args.out, result.slide_id, ["parquet", *formats])
             bars.write(_slide_line(result, list(outputs.values())))
             for warning in json.loads(result.warnings or "[]"):
                 bars.write(f"wsidet: warning: {result.slide_id}: {warning}", error=True)
@@ -298,7 +311,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 allow_pickle=args.allow_pickle,
             ),
             CohortOptions(
-                formats=tuple(args.format),
+                formats=formats,
                 cell_um=args.density_cell,
                 overwrite=args.overwrite,
                 gpu_resource=gpu_resource,

@@ -41,8 +41,8 @@ def test_resolve_takes_the_default_method_with_its_bundled_weights() -> None:
 
 
 def test_resolve_applies_parameter_overrides_to_names_and_instances() -> None:
-    assert RunSpec.resolve("log", threshold=0.3).method.threshold == 0.3
-    assert RunSpec.resolve(LOG, threshold=0.4).method.threshold == 0.4
+    assert RunSpec.resolve("log", params={"threshold": 0.3}).method.threshold == 0.3
+    assert RunSpec.resolve(LOG, params={"threshold": 0.4}).method.threshold == 0.4
 
 
 @pytest.mark.parametrize(

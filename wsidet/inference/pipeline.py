@@ -17,6 +17,7 @@ The graph, per slide::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -36,6 +37,7 @@ from wsidet.limits import check_block_memory
 from wsidet.methods import DEFAULT_METHOD
 from wsidet.methods.base import Method
 from wsidet.output.metadata import RunInfo, ScaleInfo, SlideInfo, SlideMetadata
+from wsidet.slide.regions import Regions
 from wsidet.slide.stain import Reinhard, StainStats, slide_stain_stats
 from wsidet.slide.wsi import Scale, Slide, open_slide
 from wsidet.tiling import DEFAULT_CHUNK, Grid
@@ -239,6 +241,40 @@ def _level0_box(scale: Scale, box: tuple[int, int, int, int]) -> list[float]:
     return [x0 * dx, y0 * dy, x1 * dx, y1 * dy]
 
 
+def _region_table(
+    regions: Regions, slide: Slide, labels: npt.NDArray[np.int64]
+) -> list[dict[str, Any]]:
+    """Per region: its name, nuclei, area (mm², within the slide) and nuclei per mm²."""
+    counts = np.bincount(labels, minlength=len(regions.names))
+    mpp = slide.mpp or float("nan")
+    table = []
+    for name, count, px in zip(
+        regions.names, counts, regions.areas_px(slide.shape[1], slide.shape[0]), strict=True
+    ):
+        area = px * mpp**2 / 1e6
+        table.append(
+            {
+                "region": name,
+                "count": int(count),
+                "area_mm2": area,
+                "per_mm2": int(count) / area if area > 0 else float("nan"),
+            }
+        )
+    return table
+
+
+def region_blocks(
+    regions: Regions, blocks: Sequence[tuple[int, int]], scale: Scale, grid: Grid
+) -> list[tuple[int, int]]:
+    """The ``blocks`` whose core touches one of ``regions`` (level-0 polygons)."""
+    if not blocks:
+        return []
+    dy, dx = scale.downsample
+    boxes = np.array([grid.core_box(ix) for ix in blocks], np.float64) * [dy, dx, dy, dx]
+    hits = regions.any_in_boxes(boxes)
+    return [ix for ix, hit in zip(blocks, hits, strict=True) if hit]
+
+
 def tissue_blocks(slide: Slide, scale: Scale, grid: Grid) -> list[tuple[int, int]]:
     """Blocks whose core touches tissue (see :meth:`Slide.tissue_mask`)."""
     mask = slide.tissue_mask()
@@ -314,10 +350,14 @@ class SlidePlan:
     def finish(self, results: Sequence[Detections], seconds: float) -> gpd.GeoDataFrame:
         """The slide's detections from its blocks' results (in ``blocks`` order).
 
-        Maps points to level 0, drops those off tissue, and records the slide, method, scale,
-        totals, timing and warnings in ``attrs["wsidet"]`` (:class:`SlideMetadata`); each
-        warning is also issued as an :class:`~wsidet.errors.MppWarning`.
+        Maps points to level 0, drops those off tissue (and outside the run's regions, naming
+        each point's region in a ``region`` column), and records the slide, method, scale,
+        totals, per-region counts, timing and warnings in ``attrs["wsidet"]``
+        (:class:`SlideMetadata`); each warning is also issued as an
+        :class:`~wsidet.errors.MppWarning`.
         """
+        import pandas as pd
+
         from wsidet.output.detections import detections_frame
 
         found = merge_detections(results)
@@ -326,14 +366,25 @@ class SlidePlan:
         if self.run.tissue and len(xy):
             on_tissue = self.slide.tissue_mask().contains(xy)
             xy, scores = xy[on_tissue], scores[on_tissue]
+        regions, labels = self.run.regions, None
+        if regions is not None:
+            labels = regions.label(xy)
+            xy, scores, labels = xy[labels >= 0], scores[labels >= 0], labels[labels >= 0]
         metadata = self.metadata(found.totals, [r.totals for r in results], len(xy), seconds)
-        return detections_frame(
+        if regions is not None and labels is not None:
+            table = _region_table(regions, self.slide, labels)
+            metadata = dataclasses.replace(metadata, regions=table)
+        frame = detections_frame(
             xy,
             scores,
             method=self.method.name,
             slide_id=self.slide.slide_id,
             metadata=metadata.to_dict(),
         )
+        if regions is not None and labels is not None:
+            names = [regions.names[i] for i in labels]
+            frame["region"] = pd.Categorical(names, categories=list(dict.fromkeys(regions.names)))
+        return frame
 
     def metadata(
         self,
@@ -455,6 +506,8 @@ def plan_slide(
         scale.shape, halo=method.halo, chunk=options.chunk, tile=scale.tile, align=method.stride
     )
     blocks = tissue_blocks(slide, scale, grid) if run.tissue else list(grid.indices())
+    if run.regions is not None:
+        blocks = region_blocks(run.regions, blocks, scale, grid)
     normaliser = None
     reference = resolve_stain(
         run.stain, detector.weights, method.name, allow_pickle=options.allow_pickle

@@ -13,6 +13,7 @@ build or take these two values; nothing below them threads option dictionaries.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from wsidet.inference.detector import DEFAULT_TILE, DetectorSpec, weights_hash
 from wsidet.inference.precision import check_precision
 from wsidet.limits import check_run_numbers
 from wsidet.methods.base import Method
+from wsidet.slide.regions import Regions
 from wsidet.slide.stain import StainStats
 from wsidet.tiling import DEFAULT_CHUNK
 
@@ -81,6 +83,8 @@ class RunSpec:
         Normalise colours to the weights' reference (True), to given statistics, or not.
     precision : str
         ``auto``, ``fp32``, ``bf16`` or ``fp16`` (:mod:`wsidet.inference.precision`).
+    regions : Regions, optional
+        Only chunks and points inside these level-0 polygons (:mod:`wsidet.slide.regions`).
     """
 
     method: Method
@@ -90,6 +94,7 @@ class RunSpec:
     tissue: bool = True
     stain: bool | StainStats = False
     precision: str = "auto"
+    regions: Regions | None = None
 
     def __post_init__(self) -> None:
         # Hashed once, here: the resume key and the outputs' metadata both carry it. A missing
@@ -108,7 +113,8 @@ class RunSpec:
         stain: bool | StainStats | None = None,
         precision: str = "auto",
         allow_pickle: bool = False,
-        **params: Any,
+        regions: Regions | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> RunSpec:
         """The spec of what a user named: a method name or instance, weights, settings.
 
@@ -128,7 +134,9 @@ class RunSpec:
 
         check_run_numbers(mpp=mpp)
         if not isinstance(method, Method):
-            method, resolved = resolve_method(method, weights, allow_pickle=allow_pickle, **params)
+            method, resolved = resolve_method(
+                method, weights, allow_pickle=allow_pickle, **(params or {})
+            )
             weights = resolved if weights is None else weights
         elif params:
             method = method.replace(**params)
@@ -142,6 +150,7 @@ class RunSpec:
             tissue=tissue,
             stain=stain,
             precision=check_precision(precision),
+            regions=regions,
         )
 
     def signature(self, fingerprint: str) -> dict[str, Any]:
@@ -149,7 +158,7 @@ class RunSpec:
 
         See :mod:`wsidet.cohort.resume`: outputs with this key are reused, others are not.
         """
-        return run_signature(
+        signature = run_signature(
             fingerprint,
             self.method,
             self.weights_hash,
@@ -158,6 +167,9 @@ class RunSpec:
             stain=self.stain.as_dict() if isinstance(self.stain, StainStats) else self.stain,
             precision=self.precision,
         )
+        if self.regions is not None:  # absent otherwise, as in outputs made before regions
+            signature["regions"] = self.regions.digest()
+        return signature
 
     def detector(self, options: ExecOptions) -> DetectorSpec:
         """The picklable recipe of the resident detector that computes this run."""

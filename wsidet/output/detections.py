@@ -32,13 +32,14 @@ from wsidet.output.files import atomic_path, ensure_free
 
 QUPATH_CLASS = {"name": "Nucleus", "color": [220, 40, 40]}
 #: Output formats: the points, and the density grid of :mod:`wsidet.output.density`.
-FORMATS = ("parquet", "geojson", "geojson.gz", "density", "density.geojson")
+FORMATS = ("parquet", "geojson", "geojson.gz", "density", "density.geojson", "regions.csv")
 _SUFFIX = {
     "parquet": ".parquet",
     "geojson": ".geojson",
     "geojson.gz": ".geojson.gz",
     "density": ".density.parquet",
     "density.geojson": ".density.geojson",
+    "regions.csv": ".regions.csv",
 }
 #: Files of a folder that are not a slide's detections.
 _NOT_DETECTIONS = (".density.parquet",)
@@ -174,6 +175,28 @@ def output_paths(
     return {f: Path(out_dir) / f"{slide_id}{_SUFFIX[f]}" for f in dict.fromkeys(formats)}
 
 
+def write_region_table(
+    frame: gpd.GeoDataFrame, path: str | os.PathLike[str], *, overwrite: bool = False
+) -> Path:
+    """The per-region table of a run limited to regions, as CSV (one row per region).
+
+    Raises
+    ------
+    ValueError
+        The detections were not limited to regions.
+    """
+    import csv
+
+    table = frame.attrs.get("wsidet", {}).get("regions")
+    if table is None:
+        raise ValueError(f"{_slide_id(frame)!r} was not run on regions: no region table to write")
+    with atomic_path(path, overwrite=overwrite) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["region", "count", "area_mm2", "per_mm2"])
+        writer.writeheader()
+        writer.writerows(table)
+    return Path(path)
+
+
 def write_detections(
     frame: gpd.GeoDataFrame,
     out_dir: str | os.PathLike[str],
@@ -192,7 +215,8 @@ def write_detections(
     formats : sequence of str
         Some of :data:`FORMATS`: ``parquet``, ``geojson``, ``geojson.gz`` (the points),
         ``density`` (GeoParquet) and ``density.geojson`` (QuPath tiles): nuclei per grid
-        cell (:mod:`wsidet.output.density`).
+        cell (:mod:`wsidet.output.density`); ``regions.csv``: the per-region table of a run
+        limited to regions (count, area mm², nuclei per mm²).
     overwrite : bool
     cell_um : float, optional
         The density grid's cell edge in µm (default
@@ -211,7 +235,9 @@ def write_detections(
     writers = {"parquet": write_geoparquet, "geojson": write_geojson, "geojson.gz": write_geojson}
     grid = None
     for fmt, path in paths.items():
-        if fmt.startswith("density"):
+        if fmt == "regions.csv":
+            write_region_table(frame, path, overwrite=overwrite)
+        elif fmt.startswith("density"):
             if grid is None:
                 grid = density.density_grid(frame, cell_um or density.DEFAULT_CELL_UM)
             write = density.write_density if fmt == "density" else density.write_density_geojson

@@ -88,6 +88,9 @@ class SlideMetadata:
         What looked wrong (a pixel size far from the estimate, an implausible density).
     signature : dict, optional
         The resume key (:meth:`wsidet.inference.spec.RunSpec.signature`), set by cohort runs.
+    regions : list of dict, optional
+        With regions (:mod:`wsidet.slide.regions`): per region its name, nuclei, area (mm²)
+        and nuclei per mm².
     """
 
     version: str
@@ -104,12 +107,14 @@ class SlideMetadata:
     run: RunInfo = field(default_factory=RunInfo)
     warnings: list[str] = field(default_factory=list)
     signature: dict[str, Any] | None = None
+    regions: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-able dict stored with the detections (no ``signature`` key when None)."""
+        """The JSON-able dict stored with the detections (``None`` fields left out)."""
         out = dataclasses.asdict(self)
-        if out["signature"] is None:
-            del out["signature"]
+        for key in ("signature", "regions"):
+            if out[key] is None:
+                del out[key]
         return out
 
     @classmethod
@@ -130,6 +135,7 @@ class SlideMetadata:
             run=_from(RunInfo, data.get("run")),
             warnings=list(data.get("warnings") or []),
             signature=data.get("signature") if isinstance(data.get("signature"), dict) else None,
+            regions=list(data["regions"]) if isinstance(data.get("regions"), list) else None,
         )
 
     def with_signature(self, signature: dict[str, Any]) -> SlideMetadata:
