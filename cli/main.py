@@ -102,10 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--format",
         type=formats_arg,
-        default=["parquet", "geojson", "density"],
+        default=["parquet", "geojson", "density", "preview.png"],
         help="comma-separated: parquet, geojson, geojson.gz (the points), density, "
-        "density.geojson (nuclei per grid cell, GeoParquet or QuPath tiles) (default: "
-        "parquet,geojson,density); parquet is always written (resuming reads it)",
+        "density.geojson (nuclei per grid cell, GeoParquet or QuPath tiles), preview.png (a QC "
+        "picture) (default: parquet,geojson,density,preview.png); parquet is always written "
+        "(resuming reads it)",
+    )
+    run.add_argument(
+        "--no-preview",
+        action="store_true",
+        help="do not draw the QC picture (SLIDE.preview.png: thumbnail, tissue outline, "
+        "density, three fields with the points)",
     )
     run.add_argument(
         "--density-cell",
@@ -175,6 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("--json", action="store_true", help="print JSON")
     info.add_argument("--debug", action="store_true")
+
+    preview = sub.add_parser(
+        "preview", help="draw the QC picture of existing results (SLIDE.preview.png)"
+    )
+    preview.add_argument("results", metavar="RESULTS", help="an output folder or a .parquet file")
+    preview.add_argument(
+        "slide",
+        metavar="SLIDE",
+        nargs="?",
+        help="the slide, if it is no longer where the results say (one .parquet file only)",
+    )
+    preview.add_argument("--debug", action="store_true")
 
     add_training_parsers(sub)
     return parser
@@ -281,6 +300,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     # With regions, each slide's per-region table is written beside its points.
     formats = (*args.format, *(["regions.csv"] if args.regions else []))
+    if args.no_preview:
+        formats = tuple(f for f in formats if f != "preview.png")
     bars = _Bars(len(slides), quiet=args.quiet)
     several = len(slides) > 1
 
@@ -402,6 +423,35 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_preview(args: argparse.Namespace) -> int:
+    from wsidet.output.detections import detection_files, read_detections
+    from wsidet.output.preview import write_preview
+    from wsidet.slide.wsi import open_slide
+
+    results = Path(args.results)
+    if results.is_dir() and args.slide:
+        raise ValueError("a SLIDE goes with one .parquet file, not with a folder")
+    files = detection_files(results)[0] if results.is_dir() else [results]
+    if not files:
+        raise ValueError(f"no detections in {str(results)!r}")
+    status = EXIT_OK
+    for file in files:
+        frame = read_detections(file)
+        slide = None
+        if args.slide:
+            info = frame.attrs.get("wsidet", {}).get("slide", {})
+            slide = open_slide(args.slide, mpp=info.get("mpp")).with_id(info["slide_id"])
+        target = file.with_name(file.name.removesuffix(".parquet") + ".preview.png")
+        try:
+            write_preview(frame, target, slide=slide, overwrite=True)
+        except Exception as exc:  # one slide moved away must not stop the others
+            _error(exc, str(file))
+            status = EXIT_ERROR
+            continue
+        print(target)
+    return status
+
+
 def _error(exc: BaseException, context: str | None = None) -> None:
     from wsidet.errors import WsidetError
 
@@ -446,6 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": cmd_run,
         "methods": cmd_methods,
         "info": cmd_info,
+        "preview": cmd_preview,
         "train": cmd_train,
         "evaluate": cmd_evaluate,
     }

@@ -32,7 +32,15 @@ from wsidet.output.files import atomic_path, ensure_free
 
 QUPATH_CLASS = {"name": "Nucleus", "color": [220, 40, 40]}
 #: Output formats: the points, and the density grid of :mod:`wsidet.output.density`.
-FORMATS = ("parquet", "geojson", "geojson.gz", "density", "density.geojson", "regions.csv")
+FORMATS = (
+    "parquet",
+    "geojson",
+    "geojson.gz",
+    "density",
+    "density.geojson",
+    "regions.csv",
+    "preview.png",
+)
 _SUFFIX = {
     "parquet": ".parquet",
     "geojson": ".geojson",
@@ -40,6 +48,7 @@ _SUFFIX = {
     "density": ".density.parquet",
     "density.geojson": ".density.geojson",
     "regions.csv": ".regions.csv",
+    "preview.png": ".preview.png",
 }
 #: Files of a folder that are not a slide's detections.
 _NOT_DETECTIONS = (".density.parquet",)
@@ -216,7 +225,8 @@ def write_detections(
         Some of :data:`FORMATS`: ``parquet``, ``geojson``, ``geojson.gz`` (the points),
         ``density`` (GeoParquet) and ``density.geojson`` (QuPath tiles): nuclei per grid
         cell (:mod:`wsidet.output.density`); ``regions.csv``: the per-region table of a run
-        limited to regions (count, area mm², nuclei per mm²).
+        limited to regions (count, area mm², nuclei per mm²); ``preview.png``: the QC picture
+        (:mod:`wsidet.output.preview`; reads the slide named in the metadata).
     overwrite : bool
     cell_um : float, optional
         The density grid's cell edge in µm (default
@@ -237,6 +247,10 @@ def write_detections(
     for fmt, path in paths.items():
         if fmt == "regions.csv":
             write_region_table(frame, path, overwrite=overwrite)
+        elif fmt == "preview.png":
+            from wsidet.output.preview import write_preview
+
+            write_preview(frame, path, overwrite=overwrite)
         elif fmt.startswith("density"):
             if grid is None:
                 grid = density.density_grid(frame, cell_um or density.DEFAULT_CELL_UM)
@@ -283,7 +297,7 @@ def _read_geojson(path: Path) -> gpd.GeoDataFrame:
     return detections_frame(xy, scores, method=method, slide_id=slide_id, metadata=meta or None)
 
 
-def _cohort_files(folder: Path) -> tuple[list[Path], dict[str, str]]:
+def detection_files(folder: Path) -> tuple[list[Path], dict[str, str]]:
     """Per-slide Parquet files of an output folder, and the slides left out with the reason.
 
     With a manifest, the files of its ``done`` slides; failed slides, Parquet files it does not
@@ -352,7 +366,7 @@ def read_detections(path: str | os.PathLike[str]) -> gpd.GeoDataFrame:
 
     p = Path(path)
     if p.is_dir():
-        files, skipped = _cohort_files(p)
+        files, skipped = detection_files(p)
         if skipped:
             listed = "; ".join(f"{k} ({v})" for k, v in sorted(skipped.items()))
             warnings.warn(

@@ -356,6 +356,32 @@ class Slide:
         self._tissue_cache[key] = mask
         return mask
 
+    def thumbnail(self, max_edge: int = 768) -> tuple[npt.NDArray[np.uint8], tuple[float, float]]:
+        """The whole slide, its longer side at most ``max_edge`` pixels.
+
+        Read from the coarsest level that is still at least that large, averaged in whole
+        blocks (never from level 0 when a pyramid has a smaller level).
+
+        Returns
+        -------
+        ndarray, shape (h, w, 3), uint8
+        tuple of float
+            Level-0 pixels per thumbnail pixel, (rows, cols).
+        """
+        from PIL import Image
+
+        large = [lv for lv in self.levels if max(lv.shape) >= max_edge] or [self.levels[0]]
+        level = max(large, key=lambda lv: lv.downsample[0])
+        k = max(1, math.floor(max(level.shape) / max_edge))
+        image = _block_mean(self, level, k)
+        h, w = image.shape[:2]
+        if max(h, w) > max_edge:
+            scale = max_edge / max(h, w)
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
+        h0, w0 = self.shape
+        return image, (h0 / image.shape[0], w0 / image.shape[1])
+
     def with_mpp(self, mpp: float, source: str) -> Slide:
         """The same slide at another level-0 pixel size (``source``: where it comes from)."""
         MPP.check("mpp", mpp)
