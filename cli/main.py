@@ -195,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     preview.add_argument("--debug", action="store_true")
 
+    report = sub.add_parser(
+        "report", help="write an output folder's HTML report again (RESULTS/report.html)"
+    )
+    report.add_argument("results", metavar="RESULTS", help="an output folder")
+    report.add_argument("--debug", action="store_true")
+
     add_training_parsers(sub)
     return parser
 
@@ -350,7 +356,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(
             f"{len(summary.results)} slides: {summary.done} done ({summary.reused} already), "
             f"{summary.failed} failed | {summary.points} nuclei | {summary.seconds:.1f} s | "
-            f"{rate:.1f} Mpx/s -> {args.out}"
+            f"{rate:.1f} Mpx/s -> {args.out} (report: {Path(args.out) / 'report.html'})"
         )
     return EXIT_ERROR if summary.failed else EXIT_OK
 
@@ -452,6 +458,16 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from wsidet.output.manifest import MANIFEST
+    from wsidet.output.report import write_report
+
+    if not (Path(args.results) / MANIFEST).is_file():
+        raise ValueError(f"{args.results!r} has no {MANIFEST}: not a wsidet output folder")
+    print(write_report(args.results))
+    return EXIT_OK
+
+
 def _error(exc: BaseException, context: str | None = None) -> None:
     from wsidet.errors import WsidetError
 
@@ -497,6 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "methods": cmd_methods,
         "info": cmd_info,
         "preview": cmd_preview,
+        "report": cmd_report,
         "train": cmd_train,
         "evaluate": cmd_evaluate,
     }

@@ -343,6 +343,7 @@ def run_slides(
             record.manifest.flush()
         raise
     record.manifest.flush()
+    _report(out_dir)
     order = {str(p): i for i, p in enumerate(slides)}
     record.finished.sort(key=lambda r: order.get(r.path, len(order)))
     return CohortSummary(
@@ -497,6 +498,18 @@ def _complete(
             write_detections(frame, parquet.parent, formats=[fmt], cell_um=cell_um)
     meta, n_points = read_parquet_metadata(parquet)
     return SlideMetadata.from_dict(meta), n_points
+
+
+def _report(out: Path) -> None:
+    """Rewrite the folder's HTML report; the outputs and manifest matter more than it does."""
+    from wsidet.output.report import write_report
+
+    if not out.is_dir():
+        return  # nothing was written (every slide failed before an output)
+    try:
+        write_report(out)
+    except (OSError, ValueError) as exc:
+        logger.warning("could not write the report of %s: %s", out, exc)
 
 
 def _check_resource(client: Any, resource: str | None) -> None:
