@@ -16,7 +16,11 @@ from wsidet.errors import WsidetError
 from wsidet.slide.wsi import slide_id_for
 
 #: File endings taken as slides when a folder is given.
-SLIDE_ENDINGS = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".ome.tif", ".ome.tiff")
+SLIDE_ENDINGS = (
+    ".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".ome.tif", ".ome.tiff",
+    # Read through OpenSlide (wsidet.slide.openslide_reader) when it is installed.
+    ".mrxs", ".vms", ".vmu", ".svslide",
+)  # fmt: skip
 #: Joins the folders of a slide id made from a path (``site1__slide``): ids are file names.
 ID_SEPARATOR = "__"
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from wsidet.errors import MppUnknownError, ScaleError, SlideFormatError
+from wsidet.errors import MppUnknownError, ParameterError, ScaleError, SlideFormatError
 from wsidet.limits import MAX_ENLARGEMENT, MPP
 from wsidet.slide.pyramid import downsample_mean
 from wsidet.slide.reader import LevelReader, ReducedLevelReader, ResampledReader, open_slide_file
@@ -161,6 +161,9 @@ class Slide:
     name : str, optional
         The id to name outputs by, where the file name alone is not unique in a cohort
         (see :meth:`with_id`).
+    backend : str
+        What reads its pixels: ``tiffslide`` (tile by tile, the default) or ``openslide``
+        (the fallback for what tiffslide cannot open, :mod:`wsidet.slide.openslide_reader`).
     """
 
     path: Path
@@ -172,6 +175,7 @@ class Slide:
         default_factory=dict, compare=False, repr=False
     )
     name: str | None = None
+    backend: str = "tiffslide"
 
     @property
     def slide_id(self) -> str:
@@ -267,10 +271,18 @@ class Slide:
                 return ReducedLevelReader(self.path, scale.level.index, reduce, scale.shape)
             reduced = ReducedLevelReader(self.path, scale.level.index, reduce)
             return ResampledReader(reduced, rest, scale.shape)
-        source = LevelReader(self.path, scale.level.index)
+        source = self.level_reader(scale.level.index)
         if scale.factor == 1.0:
             return source
         return ResampledReader(source, scale.factor)
+
+    def level_reader(self, level: int) -> LevelReader:
+        """A picklable lazy array of one pyramid level, read by the slide's backend."""
+        if self.backend == "openslide":
+            from wsidet.slide.openslide_reader import OpenSlideLevelReader
+
+            return OpenSlideLevelReader(self.path, level)  # type: ignore[return-value]
+        return LevelReader(self.path, level)
 
     def to_dask(
         self,
@@ -323,7 +335,7 @@ class Slide:
         """
         h, w = self.levels[level].shape
         y1, x1 = min(h, y0 + height), min(w, x0 + width)
-        return LevelReader(self.path, level).read(max(0, y0), y1, max(0, x0), x1)
+        return self.level_reader(level).read(max(0, y0), y1, max(0, x0), x1)
 
     def tissue_mask(self, *, mask_mpp: float = 8.0, **threshold_options: Any) -> TissueMask:
         """Tissue mask from a low-resolution level (cached per parameters).
@@ -419,7 +431,7 @@ def slide_id_for(path: str | os.PathLike[str]) -> str:
 
 def _block_mean(slide: Slide, level: Level, k: int) -> npt.NDArray[np.uint8]:
     """Read a whole level in strips of whole k-blocks and average k×k blocks."""
-    reader = LevelReader(slide.path, level.index)
+    reader = slide.level_reader(level.index)
     h, w = level.shape
     # Strips of whole k-blocks bound memory to about 64 Mpx of the level at a time.
     strip = max(1, (64_000_000 // max(1, w)) // k) * k
@@ -459,8 +471,10 @@ def _plausible(mpp: float | None) -> float | None:
     return mpp
 
 
-def open_slide(path: str | os.PathLike[str], *, mpp: float | None = None) -> Slide:
-    """Open a whole-slide image (Aperio SVS, generic tiled pyramidal TIFF, OME-TIFF).
+def open_slide(
+    path: str | os.PathLike[str], *, mpp: float | None = None, backend: str = "auto"
+) -> Slide:
+    """Open a whole-slide image: SVS, tiled pyramidal TIFF, OME-TIFF; others through OpenSlide.
 
     Parameters
     ----------
@@ -468,6 +482,10 @@ def open_slide(path: str | os.PathLike[str], *, mpp: float | None = None) -> Sli
         A local file.
     mpp : float, optional
         Level-0 micrometres per pixel; overrides the file's value (needed when it has none).
+    backend : str
+        ``auto``: tiffslide, and OpenSlide (when installed) for a file tiffslide refuses but
+        OpenSlide recognises (MIRAX, Hamamatsu VMS, Leica SCN, Ventana BIF, ...);
+        ``tiffslide`` or ``openslide``: only that one.
 
     Returns
     -------
@@ -478,12 +496,75 @@ def open_slide(path: str | os.PathLike[str], *, mpp: float | None = None) -> Sli
     SlideNotFoundError
         The path does not exist or is not a file.
     SlideFormatError
-        The file is not a slide tiffslide can read.
+        No backend can read the file (the message says which were tried).
     ParameterError
-        ``mpp`` is outside :data:`wsidet.limits.MPP`.
+        ``mpp`` is outside :data:`wsidet.limits.MPP`, or ``backend`` is unknown.
     """
+    from wsidet.slide import openslide_reader
+
+    if backend not in ("auto", "tiffslide", "openslide"):
+        raise ParameterError(f"backend must be auto, tiffslide or openslide, got {backend!r}")
     if mpp is not None:
         MPP.check("mpp", mpp)
+    if backend == "openslide":
+        return _open_openslide(path, mpp)
+    try:
+        return _open_tiffslide(path, mpp)
+    except SlideFormatError as refused:
+        if backend == "auto" and openslide_reader.detect_format(path) is not None:
+            return _open_openslide(path, mpp)
+        if backend == "auto" and not openslide_reader.available():
+            raise SlideFormatError(
+                f"{refused} (OpenSlide, which reads more formats, is not installed: "
+                "pip install openslide-python openslide-bin)"
+            ) from None
+        raise
+
+
+def _mpp_and_source(file_mpp: float | None, mpp: float | None) -> tuple[float | None, str]:
+    if mpp is not None:
+        return float(mpp), "override"
+    if file_mpp is not None:
+        return file_mpp, "file"
+    return None, "unknown"
+
+
+def _open_openslide(path: str | os.PathLike[str], mpp: float | None) -> Slide:
+    """A slide read through OpenSlide (see :mod:`wsidet.slide.openslide_reader`)."""
+    from wsidet.slide import openslide_reader
+    from wsidet.slide.reader import check_slide_file
+
+    check_slide_file(path)
+    if not openslide_reader.available():
+        raise SlideFormatError(
+            "OpenSlide is not installed (pip install openslide-python openslide-bin)"
+        )
+    osr = openslide_reader.open_openslide(path)
+    props = osr.properties
+    levels = []
+    for i, ((w, h), ds) in enumerate(zip(osr.level_dimensions, osr.level_downsamples, strict=True)):
+        th = int(props.get(f"openslide.level[{i}].tile-height") or _DEFAULT_TILE)
+        tw = int(props.get(f"openslide.level[{i}].tile-width") or _DEFAULT_TILE)
+        h0, w0 = osr.level_dimensions[0][1], osr.level_dimensions[0][0]
+        levels.append(Level(i, (int(h), int(w)), (h0 / h, w0 / w), (th, tw)))
+        del ds  # OpenSlide's own downsample is a mean of both axes; ours are per axis
+    mpp_x, mpp_y = props.get("openslide.mpp-x"), props.get("openslide.mpp-y")
+    file_mpp = None
+    if mpp_x is not None:
+        file_mpp = _plausible(float(mpp_x) if mpp_y is None else (float(mpp_x) + float(mpp_y)) / 2)
+    final_mpp, source = _mpp_and_source(file_mpp, mpp)
+    return Slide(
+        path=Path(os.fspath(path)),
+        levels=tuple(levels),
+        mpp=final_mpp,
+        mpp_source=source,
+        vendor=str(props.get("openslide.vendor") or openslide_reader.detect_format(path)),
+        backend="openslide",
+    )
+
+
+def _open_tiffslide(path: str | os.PathLike[str], mpp: float | None) -> Slide:
+    """A TIFF-based slide read tile by tile (tiffslide's parse, :mod:`wsidet.slide.tiff`)."""
     handle = open_slide_file(path)
     ts = handle.slide
     props = ts.properties
@@ -517,12 +598,7 @@ def open_slide(path: str | os.PathLike[str], *, mpp: float | None = None) -> Sli
         file_mpp = _mpp_from_ome(ts.ts_tifffile)
     file_mpp = _plausible(file_mpp)
 
-    if mpp is not None:
-        final_mpp, source = float(mpp), "override"
-    elif file_mpp is not None:
-        final_mpp, source = file_mpp, "file"
-    else:
-        final_mpp, source = None, "unknown"
+    final_mpp, source = _mpp_and_source(file_mpp, mpp)
     return Slide(
         path=Path(os.fspath(path)),
         levels=tuple(levels),
