@@ -208,13 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
 class _Bars:
     """A bar over slides (when there are several) and one over chunks; lines printed above them."""
 
-    def __init__(self, slides: int, *, quiet: bool) -> None:
+    def __init__(self, slides: int, *, quiet: bool, unit: str = "tile") -> None:
         from tqdm import tqdm
 
         # Bars redraw with carriage returns: only on a terminal, never into a log file.
         self.quiet = quiet or not sys.stderr.isatty()
         self.slides = tqdm(total=slides, unit="slide", disable=self.quiet or slides < 2, position=0)
-        self.chunks: Any = None  # opened when the first chunks are known
+        self.unit = unit  # model tiles in this process, chunks on a cluster
+        self.chunks: Any = None  # opened when the first work is known
 
     def on_chunks(self, done: int, total: int) -> None:
         from tqdm import tqdm
@@ -223,7 +224,7 @@ class _Bars:
             if total == 0:
                 return
             self.chunks = tqdm(
-                total=total, unit="chunk", disable=self.quiet, position=1, leave=False
+                total=total, unit=self.unit, disable=self.quiet, position=1, leave=False
             )
         if total != self.chunks.total:
             self.chunks.total = total
@@ -308,7 +309,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     formats = (*args.format, *(["regions.csv"] if args.regions else []))
     if args.no_preview:
         formats = tuple(f for f in formats if f != "preview.png")
-    bars = _Bars(len(slides), quiet=args.quiet)
+    bars = _Bars(len(slides), quiet=args.quiet, unit="tile" if client is None else "chunk")
     several = len(slides) > 1
 
     def on_slide(result: Any, finished: int, total: int) -> None:

@@ -20,5 +20,21 @@ def test_a_redirected_run_writes_plain_lines(
     for stream in (out, err):
         assert "\r" not in stream and "\x1b" not in stream  # no bar redraws, no colours
     (line,) = out.splitlines()
-    assert line.startswith("blobs: 120 nuclei") and line.endswith("blobs.geojson")
+    assert line.startswith("blobs: 120 nuclei") and line.endswith("blobs.preview.png")
     assert all(text.startswith("wsidet: warning: ") for text in err.splitlines())
+
+
+def test_progress_moves_by_model_tile(sample_slide: Path) -> None:
+    from wsidet.inference.pipeline import detect_slide, plan_slide
+    from wsidet.inference.spec import ExecOptions, RunSpec
+
+    calls: list[tuple[int, int]] = []
+    detect_slide(
+        sample_slide, "log", tile=256, device="cpu", progress=lambda d, t: calls.append((d, t))
+    )
+    plan = plan_slide(sample_slide, RunSpec.resolve("log"), ExecOptions(tile=256, device="cpu"))
+    total = plan.tile_total()
+    assert len(plan.blocks) <= 4 < total  # far finer than the chunks
+    assert calls[0] == (0, total) and calls[-1] == (total, total)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    assert len(calls) > len(plan.blocks) + 1

@@ -113,7 +113,8 @@ class CohortProgress:
     """Callbacks a caller (the CLI) uses to show progress; the library never prints."""
 
     on_slide: Callable[[SlideResult, int, int], None] | None = None  # result, finished, total
-    on_chunks: Callable[[int, int], None] | None = None  # done, total known so far
+    # done, total known so far: model tiles in this process, chunks on a cluster
+    on_chunks: Callable[[int, int], None] | None = None
     on_dashboard: Callable[[str], None] | None = None
 
 

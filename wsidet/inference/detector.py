@@ -22,7 +22,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -279,8 +279,19 @@ class Detector:
             f"batch_size={self.batch_size}, precision={self.precision!r})"
         )
 
+    def tile_count(self, shape: tuple[int, int]) -> int:
+        """Model tiles :meth:`predict` cuts an image of ``shape`` (rows, cols) into."""
+        stride = self.method.stride
+        rows = _axis_windows(shape[0], self.tile, self.margin, stride)
+        cols = _axis_windows(shape[1], self.tile, self.margin, stride)
+        return len(rows) * len(cols)
+
     def predict(
-        self, image: npt.NDArray[np.uint8] | torch.Tensor, *, stain: Reinhard | None = None
+        self,
+        image: npt.NDArray[np.uint8] | torch.Tensor,
+        *,
+        stain: Reinhard | None = None,
+        on_tiles: Callable[[int], None] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Network output maps of a whole image, stitched from model tiles.
 
@@ -289,6 +300,8 @@ class Detector:
         image : ndarray or Tensor, shape (H, W, 3), uint8
         stain : Reinhard, optional
             Colour normalisation applied first (pixel by pixel, on the device).
+        on_tiles : callable, optional
+            Called with the number of model tiles each forward pass finished (progress).
 
         Returns
         -------
@@ -315,8 +328,10 @@ class Detector:
             tiles.append(torch.nn.functional.pad(tile, (0, pw, 0, ph)) if ph or pw else tile)
         if self._batcher is not None:
             results = run_tiles(self._batcher, self._forward, tiles)
+            if on_tiles is not None:
+                on_tiles(len(tiles))
         else:
-            results = self._run_grouped(tiles)
+            results = self._run_grouped(tiles, on_tiles)
         canvas: dict[str, torch.Tensor] = {}
         for (ry, rx), maps in zip(windows, results, strict=True):
             oy, ox = ry[0] - ry[2], rx[0] - rx[2]
@@ -345,7 +360,9 @@ class Detector:
             outputs: dict[str, torch.Tensor] = self.network(batch)
             return outputs
 
-    def _run_grouped(self, tiles: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    def _run_grouped(
+        self, tiles: list[torch.Tensor], on_tiles: Callable[[int], None] | None = None
+    ) -> list[dict[str, torch.Tensor]]:
         """Each tile's maps, tiles of one shape run together in batches of ``batch_size``."""
         import torch
 
@@ -359,6 +376,8 @@ class Detector:
                 outputs = self._forward(torch.stack([tiles[i] for i in batch]))
                 for k, i in enumerate(batch):
                     results[i] = {name: maps[k] for name, maps in outputs.items()}
+                if on_tiles is not None:
+                    on_tiles(len(batch))
         return results
 
     def detect(
@@ -367,6 +386,7 @@ class Detector:
         *,
         core: tuple[int, int, int, int] | None = None,
         stain: Reinhard | None = None,
+        on_tiles: Callable[[int], None] | None = None,
         **decode_params: Any,
     ) -> Detections:
         """Points of nuclei in an image, and the method's per-region totals.
@@ -378,6 +398,8 @@ class Detector:
             Region of ``image`` over which ``totals`` are summed (default: all of it).
         stain : Reinhard, optional
             Colour normalisation applied before the network.
+        on_tiles : callable, optional
+            Progress: called with the number of model tiles each forward pass finished.
         **decode_params
             Overrides of the method's decode parameters.
 
@@ -390,7 +412,7 @@ class Detector:
         # One forward at a time on the CPU (torch already uses every core); with a batcher,
         # blocks of several threads share batches instead.
         with self._lock if self._batcher is None else contextlib.nullcontext():
-            maps = self.predict(image, stain=stain)
+            maps = self.predict(image, stain=stain, on_tiles=on_tiles)
             points, scores = self.method.decode(maps, **decode_params)
             y0, x0, y1, x1 = core if core is not None else (0, 0, *maps_shape(maps))
             totals = {

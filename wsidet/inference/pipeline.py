@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: ``progress(done, total)``: called as detection blocks finish.
+#: ``progress(done, total)``: model tiles in this process, chunks on a cluster.
 Progress = Callable[[int, int], None]
 
 _TASK_PREFIX = "wsidet-detect-"
@@ -61,6 +62,7 @@ def detect_block(
     index: tuple[int, int],
     spec: DetectorSpec,
     stain: Reinhard | None = None,
+    on_tiles: Callable[[int], None] | None = None,
 ) -> Detections:
     """Detect in one block (core + halo) and keep the points its core owns.
 
@@ -74,6 +76,8 @@ def detect_block(
         Resolved to this process's resident detector.
     stain : Reinhard, optional
         The slide's colour normalisation (the same map for every block).
+    on_tiles : callable, optional
+        Progress by model tile (in-process schedulers only: it does not travel to workers).
 
     Returns
     -------
@@ -87,7 +91,8 @@ def detect_block(
             f"block {index} has shape {block.shape[:2]}, expected {(y1 - y0, x1 - x0)}"
         )
     cy0, cx0, cy1, cx1 = grid.core_box(index)
-    found = spec.get().detect(block, core=(cy0 - y0, cx0 - x0, cy1 - y0, cx1 - x0), stain=stain)
+    core = (cy0 - y0, cx0 - x0, cy1 - y0, cx1 - x0)
+    found = spec.get().detect(block, core=core, stain=stain, on_tiles=on_tiles)
     points = found.points_yx + np.array([y0, x0], np.float64)
     keep = grid.owned(index, points)
     return Detections(points[keep], found.scores[keep], found.totals)
@@ -99,6 +104,7 @@ def block_tasks(
     spec: DetectorSpec,
     blocks: Iterable[tuple[int, int]] | None = None,
     stain: Reinhard | None = None,
+    on_tiles: Callable[[int], None] | None = None,
 ) -> list[Any]:
     """One delayed :func:`detect_block` per block, over dask's overlap of ``image``.
 
@@ -112,6 +118,8 @@ def block_tasks(
         Blocks to process (default: all).
     stain : Reinhard, optional
         Colour normalisation of every block.
+    on_tiles : callable, optional
+        Progress by model tile, for schedulers in this process (not part of the task keys).
 
     Returns
     -------
@@ -141,6 +149,7 @@ def block_tasks(
             (i, j),
             spec,
             stain,
+            on_tiles,
             dask_key_name=f"{_TASK_PREFIX}{token}-{i}-{j}",
         )
         for i, j in selected
@@ -336,10 +345,16 @@ class SlidePlan:
         """The detection method."""
         return self.run.method
 
-    def tasks(self) -> list[Any]:
+    def tasks(self, on_tiles: Callable[[int], None] | None = None) -> list[Any]:
         """One delayed detection per block (see :func:`block_tasks`)."""
         image = self.slide.to_dask(self.scale, chunks=self.grid.chunks)
-        return block_tasks(image, self.grid, self.detector, self.blocks, self.stain)
+        return block_tasks(image, self.grid, self.detector, self.blocks, self.stain, on_tiles)
+
+    def tile_total(self) -> int:
+        """Model tiles over all blocks, for progress (builds this process's detector)."""
+        detector = self.detector.get()
+        boxes = (self.grid.block_box(ix) for ix in self.blocks)
+        return sum(detector.tile_count((y1 - y0, x1 - x0)) for y0, x0, y1, x1 in boxes)
 
     @property
     def processed_mpx(self) -> float:
@@ -546,7 +561,8 @@ def detect(
     run : RunSpec
     options : ExecOptions, optional
     progress : callable, optional
-        ``progress(done, total)`` over detection blocks.
+        ``progress(done, total)``: over model tiles in this process, over chunks on a
+        ``distributed.Client``.
     scheduler : optional
         Dask scheduler name or ``distributed.Client`` (default: threads in this process).
     slide_id : str, optional
@@ -558,10 +574,28 @@ def detect(
     """
     started = time.perf_counter()
     plan = plan_slide(slide, run, options, slide_id)
-    if not (hasattr(scheduler, "compute") and hasattr(scheduler, "gather")):
+    if hasattr(scheduler, "compute") and hasattr(scheduler, "gather"):  # a distributed.Client
+        results = _compute(plan.tasks(), scheduler, progress)
+    else:
         plan.detector.get()  # in this process: fail fast on weights/device before reading
-    results = _compute(plan.tasks(), scheduler, progress)
+        tiles = _TileProgress(plan.tile_total(), progress) if progress is not None else None
+        results = _compute(plan.tasks(tiles), scheduler, None)
     return plan.finish(results, time.perf_counter() - started)
+
+
+class _TileProgress:
+    """Counts model tiles finished by the chunk tasks of this process's threads."""
+
+    def __init__(self, total: int, progress: Progress) -> None:
+        self.total, self.done, self.progress = total, 0, progress
+        self._lock = threading.Lock()
+        progress(0, total)
+
+    def __call__(self, tiles: int) -> None:
+        with self._lock:
+            self.done += tiles
+            done = self.done
+        self.progress(done, self.total)
 
 
 def detect_slide(
@@ -622,7 +656,8 @@ def detect_slide(
         when the one used is more than 1.5× off; the density of the detections on tissue is
         checked either way (with ``tissue``).
     progress : callable, optional
-        ``progress(done, total)`` over detection blocks.
+        ``progress(done, total)``: over model tiles in this process, over chunks on a
+        ``distributed.Client``.
     scheduler : optional
         Dask scheduler name or ``distributed.Client`` (default: threads in this process).
 
