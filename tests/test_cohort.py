@@ -305,30 +305,44 @@ def test_gpu_resource_no_worker_has_is_refused(cohort, client, tmp_path) -> None
 
 
 def test_one_worker_per_gpu_without_dask_cuda(monkeypatch) -> None:
-    """Each GPU worker sees only its own device and offers GPU=1 (checked without GPUs)."""
-    from wsidet.cohort.cluster import ClusterError, gpu_cluster
+    """Each GPU worker sees only its own device and offers GPU=1 (checked without GPUs), and
+    start_client tells GPU tasks to ask for that resource."""
+    import sys
+
+    from wsidet.cohort.cluster import ClusterError, close_client, gpu_cluster, start_client
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    monkeypatch.setitem(sys.modules, "dask_cuda", None)  # not installed, wherever this runs
     with pytest.raises(ClusterError, match="3 GPUs asked for, but 2 are visible"):
         gpu_cluster(3, 1)
-    cluster = gpu_cluster(2, 1, dashboard_address=":0")
-    with distributed.Client(cluster) as client:
+    client, gpu = start_client("local", gpus=2, threads_per_worker=1, dashboard_address=":0")
+    try:
         seen = client.run(lambda: os.environ["CUDA_VISIBLE_DEVICES"])
         resources = [w["resources"] for w in client.scheduler_info()["workers"].values()]
-    cluster.close()
+    finally:
+        close_client(client)
+    assert gpu == "GPU"
     assert sorted(seen.values()) == ["3", "5"]
     assert resources == [{"GPU": 1}, {"GPU": 1}]
 
 
-def test_slide_ids_must_be_unique(tmp_path) -> None:
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
+def test_slides_are_found_and_nothing_found_is_refused(tmp_path) -> None:
+    """Slides sharing a name are both found (told apart by their ids: see test_discover);
+    folders with no slide in them, or no paths at all, are refused."""
+    for folder in ("a", "b", "empty", "other"):
+        (tmp_path / folder).mkdir()
     (tmp_path / "a" / "x.tif").write_bytes(b"")
     (tmp_path / "b" / "x.svs").write_bytes(b"")
-    with pytest.raises(CohortError, match="two slides would write 'x'"):
-        find_slides([tmp_path / "a", tmp_path / "b"])
-    with pytest.raises(CohortError, match="no slides"):
-        find_slides([tmp_path / "a" / "nothing-here"] * 0)
+    (tmp_path / "other" / "notes.txt").write_text("not a slide")
+    assert find_slides([tmp_path / "a", tmp_path / "b"]) == [
+        tmp_path / "a" / "x.tif",
+        tmp_path / "b" / "x.svs",
+    ]
+    # A missing file is kept: it fails later, as that slide's error.
+    assert find_slides([tmp_path / "absent.svs"]) == [tmp_path / "absent.svs"]
+    for paths in ([tmp_path / "empty", tmp_path / "other"], []):
+        with pytest.raises(CohortError, match="no slides"):
+            find_slides(paths)
 
 
 def test_cli_runs_a_folder_on_a_local_cluster(cohort, reference, tmp_path, capfd) -> None:
@@ -343,12 +357,17 @@ def test_cli_runs_a_folder_on_a_local_cluster(cohort, reference, tmp_path, capfd
     )
     out, err = capfd.readouterr()
     assert code == 1  # one slide failed
-    assert "dask dashboard:" in out and "4 slides: 3 done (0 already), 1 failed" in out
+    assert "4 slides: 3 done (0 already), 1 failed" in out
+    # The dashboard's address is a log line (stderr); stdout is for results.
+    assert "dask dashboard:" not in out
+    logs = err.splitlines()
+    assert sum(x.startswith("dask dashboard: http") for x in logs) == 1
     # The synthetic discs are larger than H&E nuclei: each good slide is warned about its
     # pixel size, once, by the CLI (not again by its worker); the failure is one line.
-    errors = [x for x in err.splitlines() if not x.startswith("wsidet: warning: ")]
+    warnings = [x for x in logs if x.startswith("wsidet: warning: ")]
+    errors = [x for x in logs if not x.startswith(("wsidet: warning: ", "dask dashboard: "))]
     assert len(errors) == 1 and "broken.tif" in errors[0]
-    assert err.count("wsidet: warning: ") == err.count("\n") - 1 <= 3
+    assert 1 <= len(warnings) <= 3
     assert_outputs_match(tmp_path, reference)
     manifest = pd.read_parquet(tmp_path / "manifest.parquet")
     assert sorted(manifest["slide_id"]) == ["broken", "s0", "s1", "s2"]
@@ -362,11 +381,15 @@ def test_local_workers_start_with_the_right_environment() -> None:
     os.environ.pop("TIFFSLIDE_NUM_DECODE_THREADS", None)
     client, gpu = start_client("local", workers=1, threads_per_worker=2)
     try:
+        workers = client.scheduler_info()["workers"]
         env = next(iter(client.run(lambda: dict(os.environ)).values()))
         threads = next(iter(client.run(lambda: __import__("torch").get_num_threads()).values()))
     finally:
         close_client(client)
-    assert gpu is None
+    # The layout asked for, on this machine only, with no GPU resource for tasks to ask for.
+    assert [w["nthreads"] for w in workers.values()] == [2]
+    assert all(address.startswith("tcp://127.0.0.1:") for address in workers)
+    assert gpu is None and all(not w.get("resources") for w in workers.values())
     assert env["OMP_NUM_THREADS"] == "2" and threads == 2
     assert env["MALLOC_MMAP_THRESHOLD_"] == env["MALLOC_TRIM_THRESHOLD_"] == str(2**28)
     assert env["TIFFSLIDE_NUM_DECODE_THREADS"] == "1"

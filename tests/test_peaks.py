@@ -4,8 +4,10 @@ import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from torch.nn import functional as F
 
+from tests.synthetic import level_maps
 from wsidet.ops.peaks import _window_max, local_maxima, support
 
 
@@ -33,17 +35,18 @@ def _reference(score: np.ndarray, m: int, threshold: float) -> set[tuple[int, in
     return keep
 
 
+@st.composite
+def dense_level_maps(draw: st.DrawFn) -> np.ndarray:
+    """Small maps of few distinct values, every pixel drawn: plenty of plateaus and ties."""
+    shape = draw(st.tuples(st.integers(1, 24), st.integers(1, 24)))
+    levels = draw(st.integers(2, 6))
+    values = st.integers(0, levels - 1)
+    return draw(hnp.arrays(np.int64, shape, elements=values, fill=st.nothing())).astype(np.float32)
+
+
 @settings(max_examples=60)
-@given(
-    seed=st.integers(0, 2**16),
-    m=st.integers(1, 4),
-    shape=st.tuples(st.integers(1, 24), st.integers(1, 24)),
-    levels=st.integers(2, 6),
-)
-def test_matches_brute_force_including_ties(seed, m, shape, levels) -> None:
-    rng = np.random.default_rng(seed)
-    # Few distinct values: plenty of plateaus and ties.
-    score = rng.integers(0, levels, shape).astype(np.float32)
+@given(score=dense_level_maps(), m=st.integers(1, 4))
+def test_matches_brute_force_including_ties(score, m) -> None:
     pts, scores = local_maxima(torch.from_numpy(score), min_distance=m, threshold=0.5, refine=False)
     got = {(int(y), int(x)) for y, x in pts.numpy()}
     assert got == _reference(score, m, 0.5)
@@ -66,12 +69,15 @@ def test_subpixel_refinement_recovers_parabola_vertex() -> None:
 
 @settings(max_examples=40)
 @given(
-    shape=st.tuples(st.integers(1, 30), st.integers(1, 30)),
+    values=hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(1, 30), st.integers(1, 30)),
+        elements=st.floats(0, 1, width=32),
+    ),
     window=st.tuples(*[st.integers(0, 6)] * 4),
-    seed=st.integers(0, 1000),
 )
-def test_window_max_equals_max_pool(shape, window, seed) -> None:
-    x = torch.from_numpy(np.random.default_rng(seed).random(shape).astype(np.float32))
+def test_window_max_equals_max_pool(values, window) -> None:
+    x = torch.from_numpy(values)
     t, b, left, right = window
     ref = F.max_pool2d(
         F.pad(x[None, None], (left, right, t, b), value=float("-inf")),
@@ -82,11 +88,9 @@ def test_window_max_equals_max_pool(shape, window, seed) -> None:
 
 
 @settings(max_examples=30)
-@given(seed=st.integers(0, 2**16), m=st.integers(1, 3))
-def test_support_is_enough_context(seed, m) -> None:
+@given(score=level_maps((40, 40), 4), m=st.integers(1, 3))
+def test_support_is_enough_context(score, m) -> None:
     """A peak's fate is decided by the map within support(m) of it."""
-    rng = np.random.default_rng(seed)
-    score = rng.integers(0, 4, (40, 40)).astype(np.float32)
     full = local_maxima(torch.from_numpy(score), min_distance=m, threshold=0.5)[0].numpy()
     r = support(m)
     y0, x0, y1, x1 = 12, 9, 27, 31
@@ -111,18 +115,16 @@ def test_masked_neighbours_give_finite_points() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 2**16), extent=st.integers(1, 4), m=st.integers(1, 4))
-def test_region_centroids_read_only_their_support(seed, extent, m) -> None:
+@given(values=level_maps((64, 64), 3, max_boxes=16), extent=st.integers(1, 4), m=st.integers(1, 4))
+def test_region_centroids_read_only_their_support(values, extent, m) -> None:
     """A point of region_centroids is decided by the map within centroid_support of it.
 
-    Sparse random maps with many ties make small regions, large components (decoded by peaks)
-    and plateaus next to each other.
+    Drawn pixels and rectangles of few values make small regions, large components (decoded by
+    peaks) and plateaus next to each other.
     """
     from wsidet.ops.deconv import centroid_support, region_centroids
 
-    rng = np.random.default_rng(seed)
-    score = rng.integers(0, 3, (64, 64)) * (rng.random((64, 64)) < 0.45)
-    score = torch.from_numpy(score.astype(np.float64))
+    score = torch.from_numpy(values.astype(np.float64))
     r = centroid_support(extent, m)
     full, _ = region_centroids(score, 0.5, max_extent=extent, min_distance=m)
     # Points at least r inside the crop's edge must be those of the whole map.

@@ -4,6 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.synthetic import rgb_images
 from wsidet.slide.resample import resample_weights, resample_window, resampled_size
 
 
@@ -36,13 +37,13 @@ def test_shrink_by_two_averages_pairs() -> None:
 @settings(max_examples=40)
 @given(
     factor=st.floats(0.4, 4.0),
-    h=st.integers(8, 60),
-    w=st.integers(8, 60),
+    image=st.tuples(st.integers(8, 60), st.integers(8, 60)).flatmap(rgb_images),
     data=st.data(),
 )
-def test_window_equals_slice_of_whole(factor: float, h: int, w: int, data: st.DataObject) -> None:
-    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
-    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+def test_window_equals_slice_of_whole(
+    factor: float, image: np.ndarray, data: st.DataObject
+) -> None:
+    h, w = image.shape[:2]
     oh, ow = resampled_size(h, factor), resampled_size(w, factor)
     whole = _resample(image, factor, 0, oh, 0, ow)
     y0 = data.draw(st.integers(0, oh - 1))

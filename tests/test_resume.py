@@ -123,3 +123,18 @@ def test_manifest_is_written_only_with_a_done_slide(tmp_path: Path) -> None:
     assert "w" not in load_rows(out)
     slow.flush()
     assert set(load_rows(out)) == {"x", "y", "z", "w"}
+
+
+def test_derived_outputs_follow_their_parquet(tmp_path: Path) -> None:
+    """A density grid carries no signature: it never blocks a reuse and is redrawn if missing."""
+    sig = run_signature("1:abc", LOG, None, mpp=None, tissue=True)
+    targets = output_paths(tmp_path, "s", ["parquet", "density.geojson"])
+    targets["density.geojson"].write_text("{}")  # from an earlier run, unsigned
+    assert output_state(targets, sig, overwrite=False).action == "compute"
+    _outputs(tmp_path, sig, formats=("parquet",))
+    assert output_state(targets, sig, overwrite=False).action == "reuse"
+    targets["density.geojson"].unlink()
+    state = output_state(targets, sig, overwrite=False)
+    assert (state.action, state.missing) == ("reuse", ("density.geojson",))
+    other = run_signature("2:def", LOG, None, mpp=None, tissue=True)
+    assert output_state(targets, other, overwrite=False).action == "conflict"  # by its Parquet

@@ -10,6 +10,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from skimage.color import lab2rgb, rgb2lab
 
 from tests.conftest import BlobSlide, make_blob_slide
@@ -32,14 +33,15 @@ from wsidet.weights import stain_reference
 LOG = get_method("log")
 
 
-@given(seed=st.integers(0, 2**16))
-def test_lab_conversions_equal_scikit_image(seed: int) -> None:
-    rgb = np.random.default_rng(seed).random((7, 9, 3))
+@given(rgb=hnp.arrays(np.float64, (7, 9, 3), elements=st.floats(0, 1), fill=st.nothing()))
+def test_lab_conversions_equal_scikit_image(rgb: np.ndarray) -> None:
     lab = rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1)).permute(1, 2, 0).numpy()
     np.testing.assert_allclose(lab, rgb2lab(rgb), atol=1e-9)
     back = lab_to_rgb(torch.from_numpy(lab).permute(2, 0, 1)).permute(1, 2, 0).numpy()
-    np.testing.assert_allclose(back, rgb, atol=1e-9)
     np.testing.assert_allclose(back, lab2rgb(lab), atol=1e-9)
+    # The sRGB standard's two pieces do not quite meet at their knee (0.04045): a value there
+    # comes back 3e-8 off, in scikit-image too.
+    np.testing.assert_allclose(back, rgb, atol=1e-7)
 
 
 def test_reinhard_moves_the_statistics_to_the_reference() -> None:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.synthetic import blob_image, random_points
+from tests.synthetic import BlobLayout, blob_image, blob_layouts, random_points
 from wsidet.annotations.files import AnnotationError
 from wsidet.annotations.sources import ImageSource
 from wsidet.methods import get_method
@@ -178,12 +178,15 @@ COLOUR = {
 
 @pytest.mark.parametrize("name", sorted(COLOUR))
 @settings(max_examples=5)
-@given(seed=st.integers(0, 2**32 - 1))
-def test_colour_augmentations_are_seeded_and_keep_the_nuclei(name: str, seed: int) -> None:
+@given(
+    layout=blob_layouts((96, 96), min_points=1, max_points=6, min_sep=24, radius=6.0, margin=12),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_colour_augmentations_are_seeded_and_keep_the_nuclei(
+    name: str, layout: BlobLayout, seed: int
+) -> None:
     """Same seed, same pixels; shape and dtype kept; nuclei stay where they were."""
-    rng = np.random.default_rng(5)
-    pts = random_points(rng, (96, 96), 6, min_sep=24, margin=12)
-    image = blob_image((96, 96), pts, 6.0, rng=rng)
+    pts, image = layout.points_yx, layout.image()
     a = COLOUR[name](image, np.random.default_rng(seed))
     b = COLOUR[name](image, np.random.default_rng(seed))
     np.testing.assert_array_equal(a, b)
@@ -206,12 +209,16 @@ def test_domain_shift_preset_and_checks() -> None:
 
 
 @settings(max_examples=12)
-@given(seed=st.integers(0, 10_000), index=st.integers(0, 50))
-def test_scale_jittered_patches_keep_points_on_their_nuclei(seed: int, index: int) -> None:
+@given(
+    layout=blob_layouts((200, 200), min_points=1, max_points=14, min_sep=30, radius=8.0, margin=12),
+    seed=st.integers(0, 10_000),
+    index=st.integers(0, 50),
+)
+def test_scale_jittered_patches_keep_points_on_their_nuclei(
+    layout: BlobLayout, seed: int, index: int
+) -> None:
     """Geometry (±25 % scale, flips) moves points exactly with the pixels."""
-    rng = np.random.default_rng(seed)
-    pts = random_points(rng, (200, 200), 14, min_sep=30, margin=12)
-    source = ImageSource("a", blob_image((200, 200), pts, 8.0, rng=rng, noise=0.0), pts)
+    source = ImageSource("a", layout.image(noise=0.0), layout.points_yx)
     method = get_method("voca", width=4)
     augment = Augment(hed=0, intensity=0, scale=0.25)
     ds = PointDataset([source], method, patch=64, samples=64, augment=augment, seed=seed)
@@ -331,14 +338,20 @@ def test_training_on_normalised_colours_asks_inference_to_normalise(tmp_path: Pa
     for source in normalised:  # every image now has the reference's colour statistics
         own = stain_stats([source.read(0, 96, 0, 96)])
         np.testing.assert_allclose(own.mean, reference.mean, atol=1.5)
-        assert source.points_yx is not None and source.shape == (96, 96)
+    for source, original in zip(normalised, sources, strict=True):  # colours only change
+        np.testing.assert_array_equal(source.points_yx, original.points_yx)
+        assert source.shape == original.shape and source.key == original.key
     method = get_method("voca", width=4)
     config = TrainConfig(
         epochs=1, samples_per_epoch=4, batch_size=2, patch=64, device="cpu", stain_normalise=True
     )
     result = train(method, sources[:2], sources[2:], config, tmp_path / "sn")
     assert normalises_stain(result.weights)
-    assert resolve_stain(None, result.weights, "voca") is not None
+    # What inference normalises to: the colours of the training images (the validation one's
+    # are not among them).
+    trained_on = stain_stats([s.read(0, 96, 0, 96) for s in sources[:2]])
+    assert resolve_stain(None, result.weights, "voca") == trained_on
+    assert resolve_stain(None, result.weights, "voca") != reference
     assert resolve_stain(False, result.weights, "voca") is None
     plain = train(method, sources[:2], sources[2:], TrainConfig(
         epochs=1, samples_per_epoch=4, batch_size=2, patch=64, device="cpu"

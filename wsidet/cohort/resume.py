@@ -166,8 +166,12 @@ def output_state(
     """
     if overwrite:
         return OutputState("compute")
+    from wsidet.output.detections import SIGNED_FORMATS
+
     wanted = _normal(signature)
-    existing = {f: stored_signature(p) for f, p in paths.items() if p.exists()}
+    present = {f for f, p in paths.items() if p.exists()}
+    # Drawn from the Parquet file, derived outputs beside a reusable one were made from it.
+    existing = {f: stored_signature(paths[f]) for f in present if f in SIGNED_FORMATS}
     for fmt, stored in existing.items():
         if stored is None or _normal(_with_defaults(stored)) != wanted:
             return OutputState(
@@ -176,6 +180,6 @@ def output_state(
                 "use --overwrite to replace it, or another --out",
             )
     if "parquet" in existing:
-        return OutputState("reuse", tuple(f for f in paths if f not in existing))
+        return OutputState("reuse", tuple(f for f in paths if f not in present))
     # Nothing, or only files that an interrupted run with this very signature left behind.
     return OutputState("compute")

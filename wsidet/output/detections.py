@@ -50,6 +50,9 @@ _SUFFIX = {
     "regions.csv": ".regions.csv",
     "preview.png": ".preview.png",
 }
+#: Formats that carry the run's metadata and signature; the others (density, preview, region
+#: table) are drawn from the Parquet file and say nothing of how it was made.
+SIGNED_FORMATS = ("parquet", "geojson", "geojson.gz")
 #: Files of a folder that are not a slide's detections.
 _NOT_DETECTIONS = (".density.parquet",)
 

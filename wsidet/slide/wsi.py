@@ -512,7 +512,12 @@ def open_slide(
         return _open_tiffslide(path, mpp)
     except SlideFormatError as refused:
         if backend == "auto" and openslide_reader.detect_format(path) is not None:
-            return _open_openslide(path, mpp)
+            try:
+                return _open_openslide(path, mpp)
+            except SlideFormatError:
+                # A truncated SVS is one OpenSlide recognises but cannot read either:
+                # tiffslide's error says what is wrong in the user's terms.
+                raise refused from None
         if backend == "auto" and not openslide_reader.available():
             raise SlideFormatError(
                 f"{refused} (OpenSlide, which reads more formats, is not installed: "
