@@ -102,7 +102,7 @@ def run_all(inputs: Path, out: Path) -> dict[str, Any]:
         results[name] = {
             p.name: read(p)
             for p in sorted(folder.glob("*.parquet"))
-            if p.name != "manifest.parquet"
+            if p.name != "manifest.parquet" and not p.name.endswith(".density.parquet")
         }
         print(
             f"{name}: " + ", ".join(f"{k} {len(v['x'])} points" for k, v in results[name].items()),

@@ -29,6 +29,10 @@ class SlideFormatError(SlideError, ValueError):
     """The file is not a slide wsidet can read (not TIFF-based, or a malformed TIFF)."""
 
 
+class SlideCorruptError(SlideFormatError):
+    """A TIFF slide whose structure is damaged (truncated, forged header): never read around."""
+
+
 class SlideReadError(SlideError, OSError):
     """Pixel data of an opened slide cannot be read (truncated or corrupt tiles)."""
 

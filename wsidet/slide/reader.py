@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from wsidet.errors import SlideFormatError, SlideNotFoundError
+from wsidet.errors import SlideCorruptError, SlideFormatError, SlideNotFoundError
 from wsidet.slide.resample import resample_weights, resample_window, resampled_size
 from wsidet.slide.tiff import LevelTiles
 
@@ -155,7 +155,7 @@ def _open_cached(path: str, size: int, mtime_ns: int) -> OpenSlideFile:
         _ = slide.properties  # parse now: a malformed file must fail here, not mid-run
     except (IndexError, KeyError) as exc:
         # tifffile found a TIFF header but no usable image directory.
-        raise SlideFormatError(
+        raise SlideCorruptError(
             f"not a readable TIFF-based slide: {path!r} has no valid image directory "
             "(truncated or corrupt file?)"
         ) from exc

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from wsidet.errors import SlideFormatError, SlideReadError
+from wsidet.errors import SlideCorruptError, SlideFormatError, SlideReadError
 
 if TYPE_CHECKING:
     from tifffile import TiffPage
@@ -127,7 +127,7 @@ def check_level(page: TiffPage, file_size: int, where: str) -> SegmentLayout:
 
     Raises
     ------
-    SlideFormatError
+    SlideCorruptError
         The header claims more segments than the file lists, segments lie past the end of the
         file (a truncated file), or the level would decode to more than :data:`MAX_EXPANSION`
         times the file's size.
@@ -136,7 +136,7 @@ def check_level(page: TiffPage, file_size: int, where: str) -> SegmentLayout:
     offsets, counts = page.dataoffsets, page.databytecounts
     h, w = layout.shape
     if len(offsets) != layout.n_segments or len(counts) != layout.n_segments:
-        raise SlideFormatError(
+        raise SlideCorruptError(
             f"not a readable slide: {where}: the header claims {h} x {w} px in "
             f"{layout.n_segments} tiles of {layout.segment[0]} x {layout.segment[1]}, but the "
             f"file lists {len(offsets)} (corrupt or forged header)"
@@ -144,13 +144,13 @@ def check_level(page: TiffPage, file_size: int, where: str) -> SegmentLayout:
     if len(offsets):
         ends = np.asarray(offsets, np.int64) + np.asarray(counts, np.int64)
         if int(ends.max()) > file_size:
-            raise SlideFormatError(
+            raise SlideCorruptError(
                 f"cannot read {where}: tile data runs to byte {int(ends.max())} but the file has "
                 f"{file_size} bytes (truncated file?)"
             )
     decoded = h * w * layout.samples * int(np.dtype(page.dtype).itemsize)
     if decoded > MAX_EXPANSION * max(file_size, 1):
-        raise SlideFormatError(
+        raise SlideCorruptError(
             f"not a readable slide: {where}: the header claims {h} x {w} px "
             f"({decoded / 1e9:.3g} GB decoded) in a file of {file_size} bytes, over "
             f"{MAX_EXPANSION}x expansion (forged header?)"

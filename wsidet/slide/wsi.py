@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from wsidet.errors import MppUnknownError, ParameterError, ScaleError, SlideFormatError
+from wsidet.errors import (
+    MppUnknownError,
+    ParameterError,
+    ScaleError,
+    SlideCorruptError,
+    SlideFormatError,
+)
 from wsidet.limits import MAX_ENLARGEMENT, MPP
 from wsidet.slide.pyramid import downsample_mean
 from wsidet.slide.reader import LevelReader, ReducedLevelReader, ResampledReader, open_slide_file
@@ -510,6 +516,8 @@ def open_slide(
         return _open_openslide(path, mpp)
     try:
         return _open_tiffslide(path, mpp)
+    except SlideCorruptError:
+        raise  # a damaged TIFF is reported, not read around by another library
     except SlideFormatError as refused:
         if backend == "auto" and openslide_reader.detect_format(path) is not None:
             try:
