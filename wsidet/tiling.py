@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -41,6 +42,24 @@ def _axis_chunks(length: int, size: int, minimum: int) -> tuple[int, ...]:
         else:
             chunks.append(rest)
     return tuple(chunks) if chunks else (length,)
+
+
+def pixel_of(points_yx: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.int64]:
+    """The pixel holding each point: the one rule every ownership decision uses.
+
+    Pixel centres are integers, so pixel ``i`` spans ``[i - 0.5, i + 0.5)``: a point exactly
+    between two pixels belongs to the later one.
+
+    Parameters
+    ----------
+    points_yx : ndarray, shape (n, 2)
+        Points in pixel indices.
+
+    Returns
+    -------
+    ndarray, shape (n, 2), int64
+    """
+    return np.floor(np.asarray(points_yx, np.float64).reshape(-1, 2) + 0.5).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -192,7 +211,7 @@ class Grid:
         -------
         ndarray, shape (n, 2), int64
         """
-        pixel = np.floor(np.asarray(points_yx, np.float64).reshape(-1, 2) + 0.5).astype(np.int64)
+        pixel = pixel_of(points_yx)
         out = np.empty_like(pixel)
         for axis in range(2):
             starts = self._starts(axis)[1:-1]
@@ -215,7 +234,7 @@ class Grid:
         ndarray, shape (n,), bool
         """
         y0, x0, y1, x1 = self.core_box(index)
-        pixel = np.floor(np.asarray(points_yx, np.float64).reshape(-1, 2) + 0.5)
+        pixel = pixel_of(points_yx)
         return np.asarray(
             (pixel[:, 0] >= y0) & (pixel[:, 0] < y1) & (pixel[:, 1] >= x0) & (pixel[:, 1] < x1)
         )

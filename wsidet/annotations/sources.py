@@ -26,6 +26,7 @@ from wsidet.methods.base import Method
 from wsidet.slide.resample import resample_weights, resample_window, resampled_size
 from wsidet.slide.stain import Reinhard, StainStats, stain_stats
 from wsidet.slide.wsi import Scale, Slide, open_slide
+from wsidet.tiling import pixel_of
 
 
 class Source(Protocol):
@@ -132,7 +133,7 @@ class Window:
         """Annotated centres inside the box, in its pixels."""
         y0, x0, y1, x1 = self.box
         pts = self.source.points_yx - np.array([y0, x0], np.float64)
-        pixel = np.floor(pts + 0.5)
+        pixel = pixel_of(pts)  # the tiling's ownership rule: a point on an edge is counted once
         inside = (pixel >= 0).all(axis=1) & (pixel < np.array([y1 - y0, x1 - x0])).all(axis=1)
         return pts[inside]
 

@@ -14,17 +14,17 @@ signature is never replaced without ``overwrite``.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 # The resume key is the run's own (RunSpec.signature); re-exported for the resume checks.
 from wsidet.inference.spec import run_signature as run_signature
+from wsidet.output.files import open_text
 from wsidet.output.metadata import read_parquet_metadata
 
 #: Bytes hashed at each end of a slide file for its fingerprint: TIFF headers and directories
@@ -108,10 +108,8 @@ def _geojson_meta(path: Path, limit: int = 1 << 26) -> Any:
     :func:`wsidet.output.detections.write_geojson` writes it before the features, so a
     million-point file is not parsed to find it.
     """
-    opener: Any = gzip.open if path.name.endswith(".gz") else open
-    fh: IO[str]
     decoder = json.JSONDecoder()
-    with opener(path, "rt", encoding="utf-8") as fh:
+    with open_text(path) as fh:
         text = ""
         while len(text) < limit:
             block = fh.read(1 << 16)

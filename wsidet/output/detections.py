@@ -11,13 +11,12 @@ renamed into place, so a crash never leaves half a file under the final name.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
     import geopandas as gpd
 
 #: QuPath class of every detection, and its display colour.
-from wsidet.output.files import atomic_path, ensure_free
+from wsidet.output.files import atomic_path, ensure_free, open_text
 
 QUPATH_CLASS = {"name": "Nucleus", "color": [220, 40, 40]}
 #: Output formats: the points, and the density grid of :mod:`wsidet.output.density`.
@@ -151,23 +150,23 @@ def write_geojson(
     pathlib.Path
     """
     target = Path(path)
-    with atomic_path(target, overwrite=overwrite) as tmp:
-        opener: Any = gzip.open if target.name.endswith(".gz") else open
-        with opener(tmp, "wt", encoding="utf-8") as fh:
-            meta = {
-                "method": _single(frame, "method"),
-                "slide_id": _single(frame, "slide_id"),
-                **frame.attrs.get("wsidet", {}),
-            }
-            fh.write('{"type":"FeatureCollection","wsidet":')
-            fh.write(json.dumps(meta, separators=(",", ":"), default=str))
-            fh.write(',"features":[\n')
-            first = True
-            for chunk in _geojson_features(frame):
-                if chunk:
-                    fh.write(chunk if first else ",\n" + chunk)
-                    first = False
-            fh.write("\n]}\n")
+    # The temporary name lacks the target's .gz: compression follows the target.
+    gz = target.name.endswith(".gz")
+    with atomic_path(target, overwrite=overwrite) as tmp, open_text(tmp, "wt", compressed=gz) as fh:
+        meta = {
+            "method": _single(frame, "method"),
+            "slide_id": _single(frame, "slide_id"),
+            **frame.attrs.get("wsidet", {}),
+        }
+        fh.write('{"type":"FeatureCollection","wsidet":')
+        fh.write(json.dumps(meta, separators=(",", ":"), default=str))
+        fh.write(',"features":[\n')
+        first = True
+        for chunk in _geojson_features(frame):
+            if chunk:
+                fh.write(chunk if first else ",\n" + chunk)
+                first = False
+        fh.write("\n]}\n")
     return target
 
 
@@ -284,9 +283,7 @@ def _slide_id(frame: gpd.GeoDataFrame) -> str:
 
 
 def _read_geojson(path: Path) -> gpd.GeoDataFrame:
-    opener: Any = gzip.open if path.name.endswith(".gz") else open
-    fh: IO[str]
-    with opener(path, "rt", encoding="utf-8") as fh:
+    with open_text(path) as fh:
         doc = json.load(fh)
     feats = doc.get("features", [])
     xy = np.array([f["geometry"]["coordinates"][:2] for f in feats], np.float64).reshape(-1, 2)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gzip
 import os
 import re
 import socket
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from wsidet.errors import OutputExistsError
 
@@ -134,3 +135,14 @@ def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
                 os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def open_text(
+    path: str | os.PathLike[str], mode: str = "rt", *, compressed: bool | None = None
+) -> IO[str]:
+    """A UTF-8 text file, gzip-compressed when ``compressed`` (default: its name ends in .gz)."""
+    if compressed is None:
+        compressed = os.fspath(path).endswith(".gz")
+    opener: Any = gzip.open if compressed else open
+    handle: IO[str] = opener(path, mode, encoding="utf-8")
+    return handle
