@@ -534,6 +534,13 @@ def open_slide(
         raise
 
 
+def _mean_mpp(mpp_x: Any, mpp_y: Any) -> float | None:
+    """A slide's pixel size from its x and y properties (either may be missing)."""
+    if mpp_x is None:
+        return None
+    return float(mpp_x) if mpp_y is None else (float(mpp_x) + float(mpp_y)) / 2
+
+
 def _mpp_and_source(file_mpp: float | None, mpp: float | None) -> tuple[float | None, str]:
     if mpp is not None:
         return float(mpp), "override"
@@ -561,10 +568,7 @@ def _open_openslide(path: str | os.PathLike[str], mpp: float | None) -> Slide:
         h0, w0 = osr.level_dimensions[0][1], osr.level_dimensions[0][0]
         levels.append(Level(i, (int(h), int(w)), (h0 / h, w0 / w), (th, tw)))
         del ds  # OpenSlide's own downsample is a mean of both axes; ours are per axis
-    mpp_x, mpp_y = props.get("openslide.mpp-x"), props.get("openslide.mpp-y")
-    file_mpp = None
-    if mpp_x is not None:
-        file_mpp = _plausible(float(mpp_x) if mpp_y is None else (float(mpp_x) + float(mpp_y)) / 2)
+    file_mpp = _plausible(_mean_mpp(props.get("openslide.mpp-x"), props.get("openslide.mpp-y")))
     final_mpp, source = _mpp_and_source(file_mpp, mpp)
     return Slide(
         path=Path(os.fspath(path)),
@@ -606,7 +610,7 @@ def _open_tiffslide(path: str | os.PathLike[str], mpp: float | None) -> Slide:
     file_mpp: float | None = None
     mpp_x, mpp_y = props.get("tiffslide.mpp-x"), props.get("tiffslide.mpp-y")
     if mpp_x is not None:
-        file_mpp = float(mpp_x) if mpp_y is None else (float(mpp_x) + float(mpp_y)) / 2
+        file_mpp = _mean_mpp(mpp_x, mpp_y)
     elif ts.ts_tifffile.is_ome:
         file_mpp = _mpp_from_ome(ts.ts_tifffile)
     file_mpp = _plausible(file_mpp)
