@@ -257,4 +257,4 @@ def write_preview(
     tissue = meta.get("run", {}).get("tissue_fraction") is not None  # a run limited to tissue
     image = render_preview(slide, frame, tissue=tissue)
     with atomic_path(path, overwrite=overwrite) as tmp:
-        image.save(tmp, format="PNG", optimize=True)
+        image.save(tmp, format="PNG")  # optimize=True: 1% smaller, 6x slower to write
