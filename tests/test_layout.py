@@ -114,3 +114,14 @@ def test_functions_of_the_orchestrating_packages_fit_on_a_screen(folder: str) ->
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and body_lines(node) > 60
     ]
     assert not long
+
+
+def test_every_subpackage_is_installed() -> None:
+    """A package missing from pyproject's list is absent from a wheel (editable installs
+    hide it)."""
+    import tomllib
+
+    config = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())
+    listed = set(config["tool"]["setuptools"]["packages"])
+    found = {module_name(p.parent / "__init__.py") for p in PACKAGE.rglob("__init__.py")}
+    assert found | {"wsidet.cli"} == listed
