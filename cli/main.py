@@ -285,6 +285,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         regions=read_regions(args.regions) if args.regions else None,
     )
     slides = find_slides(args.slides, recursive=args.recursive)
+    if args.regions and len(slides) > 1:
+        raise ValueError(
+            f"--regions draws on one slide's pixels; {len(slides)} slides were given "
+            "(run them one at a time, each with its own regions file)"
+        )
+    if "regions.csv" in args.format and not args.regions:
+        raise ValueError("--format regions.csv needs --regions FILE")
     # Import the heavy libraries now, so a slide's timing measures the slide, not start-up.
     import dask.array  # noqa: F401
     import geopandas  # noqa: F401

@@ -9,7 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import BlobSlide
-from wsidet.cohort.discover import ID_SEPARATOR, CohortError, find_slides, slide_ids
+from wsidet.cohort.discover import (
+    ID_SEPARATOR,
+    CohortError,
+    find_slides,
+    keep_earlier_ids,
+    slide_ids,
+)
 from wsidet.cohort.run import run_cohort
 from wsidet.methods import get_method
 from wsidet.output.detections import read_detections
@@ -98,3 +104,12 @@ def test_two_slides_of_one_name_both_run(blob_slide: BlobSlide, tmp_path: Path) 
         frame = read_detections(tmp_path / "out" / f"{slide_id}.parquet")
         assert set(frame["slide_id"]) == {slide_id} and len(frame) == 120
         assert frame.attrs["wsidet"]["slide"]["slide_id"] == slide_id
+
+
+def test_a_slide_keeps_the_name_an_earlier_run_gave_it(tmp_path: Path) -> None:
+    a, b = tmp_path / "site1" / "slide.svs", tmp_path / "site2" / "slide.svs"
+    ids = slide_ids([a, b])
+    assert ids == {a: "site1__slide", b: "site2__slide"}
+    kept = keep_earlier_ids(ids, {str(a): "slide"})  # the first run had site1 alone
+    assert kept == {a: "slide", b: "site2__slide"}
+    assert keep_earlier_ids(ids, {str(a): "site2__slide"}) == ids  # never a clash

@@ -79,3 +79,17 @@ def test_preview_of_nothing_is_one_line(bad, capsys) -> None:
     assert main(bad) == 1
     err = capsys.readouterr().err
     assert err.startswith("wsidet: error: ") and err.count("\n") == 1
+
+
+def test_moved_slides_are_reused_and_their_preview_drawn_where_they_are(
+    blob_slide: BlobSlide, tmp_path: Path
+) -> None:
+    first, moved, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    first.mkdir()
+    shutil.copy(blob_slide.path, first / "blobs.tif")
+    args = ["--out", str(out), "--method", "log", "-q"]
+    assert main(["run", str(first / "blobs.tif"), *args]) == 0
+    (out / "blobs.preview.png").unlink()
+    first.rename(moved)  # the metadata still names a/blobs.tif
+    assert main(["run", str(moved / "blobs.tif"), *args]) == 0  # reused, not failed
+    assert (out / "blobs.preview.png").is_file()

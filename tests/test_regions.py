@@ -136,3 +136,23 @@ def test_cli_writes_the_region_column_and_table(blob_slide: BlobSlide, tmp_path:
     with open(out / "blobs.regions.csv") as fh:
         (row,) = list(csv.DictReader(fh))
     assert row["region"] == "roi" and int(row["count"]) == len(frame)
+
+
+def test_a_region_nested_in_another_has_its_own_count(
+    blob_slide: BlobSlide, tmp_path: Path
+) -> None:
+    path = qupath_annotations(
+        tmp_path / "nested.geojson",
+        {"tumour": square(0, 0, 1200), "hotspot": square(300, 300, 400)},
+    )
+    regions = read_regions(path)
+    options = ExecOptions(chunk=256, device="cpu")
+    limited = detect(blob_slide.path, RunSpec(LOG, regions=regions), options, scheduler="sync")
+    table = {r["region"]: r["count"] for r in limited.attrs["wsidet"]["regions"]}
+    inside = shapely.contains_xy(regions.geometries[1], limited["x"], limited["y"])
+    assert table["hotspot"] == int(inside.sum()) > 0  # counted although "tumour" comes first
+    assert table["tumour"] == len(limited)
+    assert set(limited["region"]) == {"tumour"}  # the column names the first region only
+    assert limited.attrs["wsidet"]["warnings"] == [] or all(
+        "per mm²" not in w for w in limited.attrs["wsidet"]["warnings"]
+    )  # no density warning from points inside drawn regions

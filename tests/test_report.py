@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -75,7 +76,7 @@ def test_the_report_lists_every_slide_with_its_status(cohort_folder: Path) -> No
     assert parser.rows["one"][3] == "120"  # nuclei
     assert "marquee" not in parser.tags  # the file name's markup is text, not markup
     for slide in ("one", "two <marquee>x"):  # pictures link to files beside the report
-        assert (cohort_folder / parser.images[slide]).is_file()
+        assert (cohort_folder / unquote(parser.images[slide])).is_file()  # links are URLs
     assert "broken" not in parser.images
 
 

@@ -38,3 +38,14 @@ def test_progress_moves_by_model_tile(sample_slide: Path) -> None:
     assert calls[0] == (0, total) and calls[-1] == (total, total)
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
     assert len(calls) > len(plan.blocks) + 1
+
+
+def test_progress_with_worker_processes_counts_chunks(blob_slide: BlobSlide) -> None:
+    from wsidet.inference.pipeline import detect_slide
+
+    calls: list[tuple[int, int]] = []
+    frame = detect_slide(
+        blob_slide.path, "log", chunk=512, device="cpu", scheduler="processes",
+        progress=lambda d, t: calls.append((d, t)),
+    )  # fmt: skip
+    assert len(frame) == 120 and calls and calls[-1][0] == calls[-1][1]

@@ -138,3 +138,30 @@ def slide_ids(slides: Sequence[Path]) -> dict[Path, str]:
         ids[path] = slide_id
         taken.add(slide_id)
     return ids
+
+
+def keep_earlier_ids(ids: dict[Path, str], earlier: dict[str, str]) -> dict[Path, str]:
+    """``ids``, except that a slide an earlier run into the folder named keeps that name.
+
+    Ids made from paths depend on which slides a run is given (``slide`` alone, ``site1__slide``
+    beside ``site2/slide``): without this, rerunning a folder with more slides would make the
+    same slide again under a second name, and its points would be read twice.
+
+    Parameters
+    ----------
+    ids : dict of Path to str
+        From :func:`slide_ids`.
+    earlier : dict of str to str
+        Real path of each slide of the folder's manifest -> its id there.
+
+    Returns
+    -------
+    dict
+        Slide path -> id, still unique.
+    """
+    out = dict(ids)
+    for path in ids:
+        before = earlier.get(os.path.realpath(path))
+        if before is not None and before != out[path] and before not in out.values():
+            out[path] = before
+    return out

@@ -3,13 +3,15 @@
 Every output wsidet writes for a cohort carries a *signature* in its metadata: what determines
 its points. That is the slide's content (a fingerprint, so moving a slide or its folder does not
 invalidate its outputs, and another slide of the same name does), the method, its parameters
-and weights, the pixel size override and whether detection was limited to tissue. Chunk size,
+and weights, the pixel size override, tissue, stain normalisation, precision and (when given)
+the regions. Chunk size,
 model tile, batch size and device do not change the points (tiled detection equals a
 whole-image pass) and are not part of it.
 
 Parquet is written after every other format, so a Parquet file with the signature of this run
 means the slide is done; a missing GeoJSON beside it is written from it. A file with another
-signature is never replaced without ``overwrite``.
+signature is never replaced without ``overwrite``. Files drawn from the Parquet file (density
+grid, preview, region table) carry no signature and never decide anything.
 """
 
 from __future__ import annotations

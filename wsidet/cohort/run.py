@@ -3,9 +3,9 @@
 Per slide, the output folder holds ``SLIDE_ID.parquet`` (and the other formats asked for);
 ``manifest.parquet`` has a row per slide (:class:`~wsidet.output.manifest.SlideResult`). A rerun
 reuses a slide whose outputs carry this run's signature (same slide content, method,
-parameters, weights, pixel size and tissue setting; :mod:`wsidet.cohort.resume`), writes formats
-missing beside them, retries failed slides, and refuses to replace outputs of another run
-unless asked to. Writes are atomic, Parquet last, so an interrupted run never leaves half a
+parameters, weights, pixel size, tissue, stain, precision and regions settings;
+:mod:`wsidet.cohort.resume`), writes formats missing beside them, retries failed slides,
+and refuses to replace outputs of another run unless asked to. Writes are atomic, Parquet last, so an interrupted run never leaves half a
 file nor a set of outputs that looks complete.
 
 Without a client, slides run one after another in this process (chunks on a thread pool).
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wsidet.cohort.discover import CohortError, find_slides, slide_ids
+from wsidet.cohort.discover import CohortError, find_slides, keep_earlier_ids, slide_ids
 from wsidet.cohort.resume import output_state, slide_fingerprint
 from wsidet.errors import OutputExistsError, SlideNotFoundError, WsidetError
 from wsidet.inference.detector import DEFAULT_TILE
@@ -40,7 +40,12 @@ from wsidet.inference.pipeline import SlidePlan, detect, plan_slide
 from wsidet.inference.spec import ExecOptions, RunSpec
 from wsidet.limits import DENSITY_CELL, check_block_memory, check_run_numbers
 from wsidet.methods.base import Method
-from wsidet.output.detections import output_paths, read_detections, write_detections
+from wsidet.output.detections import (
+    SIGNED_FORMATS,
+    output_paths,
+    read_detections,
+    write_detections,
+)
 from wsidet.output.files import clean_stale_temporaries
 from wsidet.output.manifest import (
     MANIFEST,
@@ -324,9 +329,11 @@ def run_slides(
     check_writable(out_dir)
     for stale in clean_stale_temporaries(out_dir):
         logger.info("removed %s, left by an interrupted run", stale)
+    rows = load_rows(out_dir)
+    earlier = {os.path.realpath(r.path): r.slide_id for r in rows.values() if r.path}
     record = _Record(
-        out_dir, ManifestWriter(out_dir, load_rows(out_dir)), run.method.name,
-        settings, progress or CohortProgress(), len(slides), slide_ids(slides),
+        out_dir, ManifestWriter(out_dir, rows), run.method.name, settings,
+        progress or CohortProgress(), len(slides), keep_earlier_ids(slide_ids(slides), earlier),
     )  # fmt: skip
     try:
         todo = [path for path in slides if _needs_run(path, run, record)]
@@ -399,18 +406,37 @@ class _Record:
         meta = frame.attrs["wsidet"]
         meta["signature"] = self.signatures[path]
         formats = self.settings.all_formats
+        signed = [f for f in formats[1:] if f in SIGNED_FORMATS]
         try:
-            write_detections(
-                frame,
-                self.out,
-                formats=[*formats[1:], "parquet"],
-                overwrite=True,
-                cell_um=self.settings.cell_um,
-            )
+            write_detections(frame, self.out, formats=[*signed, "parquet"], overwrite=True)
         except (OSError, ValueError) as exc:  # a full disk or a lost mount: this slide only
             self.failed(path, exc, seconds)
             return
+        self.derived(path, frame, [f for f in formats if f not in SIGNED_FORMATS])
         self.report(_row(path, SlideMetadata.from_dict(meta), len(frame), seconds, reused=False))
+
+    def derived(self, path: Path, frame: Any, formats: Sequence[str]) -> None:
+        """Density, preview and region table: drawn from the points, never failing the slide.
+
+        The preview reads the slide where it is now (``path``), not where the metadata says
+        it was when the points were made.
+        """
+        for fmt in formats:
+            try:
+                slide = _slide_for_preview(path, frame) if fmt == "preview.png" else None
+                write_detections(
+                    frame, self.out, formats=[fmt], overwrite=True,
+                    cell_um=self.settings.cell_um, slide=slide,
+                )  # fmt: skip
+            except (OSError, ValueError) as exc:
+                logger.warning("%s: could not write its %s: %s", path, fmt, _one_line(exc))
+
+
+def _slide_for_preview(path: Path, frame: Any) -> Any:
+    from wsidet.slide.wsi import open_slide
+
+    info = frame.attrs.get("wsidet", {}).get("slide", {})
+    return open_slide(path, mpp=info.get("mpp")).with_id(info.get("slide_id") or path.stem)
 
 
 def _needs_run(path: Path, run: RunSpec, record: _Record) -> bool:
@@ -434,7 +460,7 @@ def _needs_run(path: Path, run: RunSpec, record: _Record) -> bool:
         return False
     if state.action == "reuse":
         try:
-            meta, n_points = _complete(targets, state.missing, record.settings.cell_um)
+            meta, n_points = _complete(path, targets, state.missing, record)
         except (OSError, ValueError) as exc:
             record.failed(path, exc)
         else:
@@ -489,14 +515,16 @@ def _row(
 
 
 def _complete(
-    targets: dict[str, Path], missing: Sequence[str], cell_um: float | None
+    path: Path, targets: dict[str, Path], missing: Sequence[str], record: _Record
 ) -> tuple[SlideMetadata, int]:
     """Metadata and point count of a done slide, writing ``missing`` formats first."""
     parquet = targets["parquet"]
     if missing:
         frame = read_detections(parquet)
-        for fmt in missing:
-            write_detections(frame, parquet.parent, formats=[fmt], cell_um=cell_um)
+        signed = [f for f in missing if f in SIGNED_FORMATS]
+        if signed:
+            write_detections(frame, parquet.parent, formats=signed)
+        record.derived(path, frame, [f for f in missing if f not in SIGNED_FORMATS])
     meta, n_points = read_parquet_metadata(parquet)
     return SlideMetadata.from_dict(meta), n_points
 

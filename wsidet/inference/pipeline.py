@@ -251,10 +251,14 @@ def _level0_box(scale: Scale, box: tuple[int, int, int, int]) -> list[float]:
 
 
 def _region_table(
-    regions: Regions, slide: Slide, labels: npt.NDArray[np.int64]
+    regions: Regions, slide: Slide, xy: npt.NDArray[np.float64]
 ) -> list[dict[str, Any]]:
-    """Per region: its name, nuclei, area (mm², within the slide) and nuclei per mm²."""
-    counts = np.bincount(labels, minlength=len(regions.names))
+    """Per region: its name, nuclei, area (mm², within the slide) and nuclei per mm².
+
+    Each region counts every point inside it, so a region nested in another (a hotspot in a
+    tumour) has its own count; the ``region`` column names only the first.
+    """
+    counts = regions.counts(xy)
     mpp = slide.mpp or float("nan")
     table = []
     for name, count, px in zip(
@@ -387,7 +391,7 @@ class SlidePlan:
             xy, scores, labels = xy[labels >= 0], scores[labels >= 0], labels[labels >= 0]
         metadata = self.metadata(found.totals, [r.totals for r in results], len(xy), seconds)
         if regions is not None and labels is not None:
-            table = _region_table(regions, self.slide, labels)
+            table = _region_table(regions, self.slide, xy)
             metadata = dataclasses.replace(metadata, regions=table)
         frame = detections_frame(
             xy,
@@ -414,7 +418,8 @@ class SlidePlan:
         slide, scale, grid = self.slide, self.scale, self.grid
         cost = self._cost(seconds)
         notes = list(self.warnings)
-        if cost.tissue_area_mm2 is not None:
+        # Points inside drawn regions say nothing of the whole tissue's density.
+        if cost.tissue_area_mm2 is not None and self.run.regions is None:
             problem = density_problem(n_points, cost.tissue_area_mm2)
             if problem is not None:
                 warnings.warn(f"{slide.slide_id}: {problem}", MppWarning, stacklevel=3)
@@ -574,7 +579,10 @@ def detect(
     """
     started = time.perf_counter()
     plan = plan_slide(slide, run, options, slide_id)
-    if hasattr(scheduler, "compute") and hasattr(scheduler, "gather"):  # a distributed.Client
+    in_threads = scheduler in (None, "threads", "sync", "synchronous", "single-threaded")
+    if not in_threads:  # a distributed.Client or processes: the counter cannot travel
+        if not hasattr(scheduler, "gather"):
+            plan.detector.get()  # fail fast on weights/device before reading
         results = _compute(plan.tasks(), scheduler, progress)
     else:
         plan.detector.get()  # in this process: fail fast on weights/device before reading

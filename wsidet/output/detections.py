@@ -22,15 +22,17 @@ import numpy as np
 import numpy.typing as npt
 
 from wsidet.errors import DetectionsFormatError, PartialCohortWarning
+from wsidet.output.files import atomic_path, ensure_free, open_text
 
 if TYPE_CHECKING:
     import geopandas as gpd
 
-#: QuPath class of every detection, and its display colour.
-from wsidet.output.files import atomic_path, ensure_free, open_text
+    from wsidet.slide.wsi import Slide
 
+#: QuPath class of every detection, and its display colour.
 QUPATH_CLASS = {"name": "Nucleus", "color": [220, 40, 40]}
-#: Output formats: the points, and the density grid of :mod:`wsidet.output.density`.
+#: Output formats: the points, and what is drawn from them (density grid, region table,
+#: QC preview).
 FORMATS = (
     "parquet",
     "geojson",
@@ -201,7 +203,10 @@ def write_region_table(
     table = frame.attrs.get("wsidet", {}).get("regions")
     if table is None:
         raise ValueError(f"{_slide_id(frame)!r} was not run on regions: no region table to write")
-    with atomic_path(path, overwrite=overwrite) as tmp, open(tmp, "w", newline="") as fh:
+    with (
+        atomic_path(path, overwrite=overwrite) as tmp,
+        open(tmp, "w", newline="", encoding="utf-8") as fh,
+    ):
         writer = csv.DictWriter(fh, fieldnames=["region", "count", "area_mm2", "per_mm2"])
         writer.writeheader()
         writer.writerows(table)
@@ -215,6 +220,7 @@ def write_detections(
     formats: Sequence[str] = ("parquet", "geojson"),
     overwrite: bool = False,
     cell_um: float | None = None,
+    slide: Slide | None = None,
 ) -> dict[str, Path]:
     """Write one slide's detections in several formats; nothing is written if any exists.
 
@@ -233,6 +239,8 @@ def write_detections(
     cell_um : float, optional
         The density grid's cell edge in µm (default
         :data:`~wsidet.output.density.DEFAULT_CELL_UM`).
+    slide : Slide, optional
+        The slide, for the preview (default: opened where the metadata says it is).
 
     Returns
     -------
@@ -252,7 +260,7 @@ def write_detections(
         elif fmt == "preview.png":
             from wsidet.output.preview import write_preview
 
-            write_preview(frame, path, overwrite=overwrite)
+            write_preview(frame, path, slide=slide, overwrite=overwrite)
         elif fmt.startswith("density"):
             if grid is None:
                 grid = density.density_grid(frame, cell_um or density.DEFAULT_CELL_UM)

@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 from wsidet._version import __version__
 from wsidet.output.files import atomic_path
@@ -53,8 +54,9 @@ def _number(value: float, digits: int = 1) -> str:
 def _row(result: SlideResult, folder: Path) -> str:
     e = html.escape
     preview = folder / f"{result.slide_id}.preview.png"
+    link = e(quote(preview.name))  # a slide id may hold '#', '%' or '?'
     picture = (
-        f'<a href="{e(preview.name)}"><img src="{e(preview.name)}" alt="QC preview of '
+        f'<a href="{link}"><img src="{link}" alt="QC preview of '
         f'{e(result.slide_id)}" loading="lazy"></a>'
         if preview.is_file()
         else "—"

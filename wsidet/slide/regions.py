@@ -2,7 +2,8 @@
 
 A regions file is GeoJSON (a QuPath export of annotations: a FeatureCollection, a Feature, or a
 list of them) or GeoParquet (any polygon layer), its coordinates in level-0 pixels of the slide
-(QuPath's own). Only polygons count; points and lines are refused. A region is named by its
+(QuPath's own). Only polygons count: points and lines are skipped, and a file without any
+polygon is refused. A region is named by its
 ``name`` (QuPath's annotation name), else its classification, else ``region N``.
 
 :class:`Regions` is small, frozen and picklable (geometries as WKB), so it rides in the run's
@@ -76,6 +77,16 @@ class Regions:
             inside = shapely.contains_xy(geom, pts[free, 0], pts[free, 1])
             out[np.flatnonzero(free)[inside]] = i
         return out
+
+    def counts(self, xy: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+        """Points inside each region, counted for every region holding them; ``xy`` (n, 2)."""
+        import shapely
+
+        pts = np.asarray(xy, np.float64).reshape(-1, 2)
+        return np.array(
+            [int(shapely.contains_xy(g, pts[:, 0], pts[:, 1]).sum()) for g in self.geometries],
+            np.int64,
+        )
 
     def areas_px(self, width: float, height: float) -> list[float]:
         """Each region's area in level-0 pixels², within the slide's bounds."""
