@@ -5,8 +5,8 @@ Per slide, the output folder holds ``SLIDE_ID.parquet`` (and the other formats a
 reuses a slide whose outputs carry this run's signature (same slide content, method,
 parameters, weights, pixel size, tissue, stain, precision and regions settings;
 :mod:`wsidet.cohort.resume`), writes formats missing beside them, retries failed slides,
-and refuses to replace outputs of another run unless asked to. Writes are atomic, Parquet last, so an interrupted run never leaves half a
-file nor a set of outputs that looks complete.
+and refuses to replace outputs of another run unless asked to. Writes are atomic, Parquet
+last, so an interrupted run never leaves half a file nor a set of outputs that looks complete.
 
 Without a client, slides run one after another in this process (chunks on a thread pool).
 With a ``distributed.Client``, each slide is planned by a task on any worker (opening it and
