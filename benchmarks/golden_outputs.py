@@ -11,6 +11,10 @@ points and scores bit for bit, metadata except timings and versions.
     python benchmarks/golden_outputs.py --save bench-out/golden     # before the change
     python benchmarks/golden_outputs.py --check bench-out/golden    # after it
 
+The runs use one thread (``OMP_NUM_THREADS=1``) whatever the caller's setting: oneDNN picks its
+convolution kernels by thread count, and random weights' flat maps turn the last-bit
+differences into different scores (measured: two threads against one changed VOCA's scores).
+
 Only the command line and ``wsidet.read_detections`` are used at check time.
 """
 
@@ -91,7 +95,7 @@ def run_all(inputs: Path, out: Path) -> dict[str, Any]:
     """Run every job into ``out/NAME/``; the points and metadata of each output file."""
     wsidet = Path(sys.executable).with_name("wsidet")
     results: dict[str, Any] = {}
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     for name, args in jobs(inputs).items():
         folder = out / name
         command = [str(wsidet), "run", *args, "--out", str(folder), "-q", "--device", "cpu"]
