@@ -579,13 +579,12 @@ def detect(
     """
     started = time.perf_counter()
     plan = plan_slide(slide, run, options, slide_id)
+    if not hasattr(scheduler, "gather"):  # in this process: fail fast on weights and device
+        plan.detector.get()
     in_threads = scheduler in (None, "threads", "sync", "synchronous", "single-threaded")
     if not in_threads:  # a distributed.Client or processes: the counter cannot travel
-        if not hasattr(scheduler, "gather"):
-            plan.detector.get()  # fail fast on weights/device before reading
         results = _compute(plan.tasks(), scheduler, progress)
     else:
-        plan.detector.get()  # in this process: fail fast on weights/device before reading
         tiles = _TileProgress(plan.tile_total(), progress) if progress is not None else None
         results = _compute(plan.tasks(tiles), scheduler, None)
     return plan.finish(results, time.perf_counter() - started)

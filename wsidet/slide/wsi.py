@@ -12,6 +12,7 @@ nowhere else.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -366,11 +367,10 @@ class Slide:
         usable = [lv for lv in self.levels if max(lv.downsample) <= target] or [self.levels[0]]
         level = max(usable, key=lambda lv: lv.downsample[0])
         k = max(1, math.floor(target / max(level.downsample)))
-        thumb = _block_mean(self, level, k)
-        mask = TissueMask(
-            tissue_from_rgb(thumb, **threshold_options),
-            (level.downsample[0] * k, level.downsample[1] * k),
-        )
+        st = os.stat(self.path)
+        # Per process, not per Slide: the planner, the preview and `wsidet info` each open the
+        # slide afresh, and the mask's level is read whole.
+        mask = _tissue_mask(self.path, st.st_size, st.st_mtime_ns, self.backend, level, k, key[1])
         self._tissue_cache[key] = mask
         return mask
 
@@ -435,9 +435,40 @@ def slide_id_for(path: str | os.PathLike[str]) -> str:
     return Path(path).stem
 
 
+@functools.lru_cache(maxsize=16)
+def _tissue_mask(
+    path: Path,
+    size: int,
+    mtime_ns: int,
+    backend: str,
+    level: Level,
+    k: int,
+    options: tuple[tuple[str, Any], ...],
+) -> TissueMask:
+    """A slide file's tissue mask from ``level`` averaged in k×k blocks.
+
+    ``size`` and ``mtime_ns`` are part of the key, so a file rewritten in place is read again.
+    """
+    reader: Any
+    if backend == "openslide":
+        from wsidet.slide.openslide_reader import OpenSlideLevelReader
+
+        reader = OpenSlideLevelReader(path, level.index)
+    else:
+        reader = LevelReader(path, level.index)
+    thumb = _block_mean_of(reader, level, k)
+    return TissueMask(
+        tissue_from_rgb(thumb, **dict(options)),
+        (level.downsample[0] * k, level.downsample[1] * k),
+    )
+
+
 def _block_mean(slide: Slide, level: Level, k: int) -> npt.NDArray[np.uint8]:
     """Read a whole level in strips of whole k-blocks and average k×k blocks."""
-    reader = slide.level_reader(level.index)
+    return _block_mean_of(slide.level_reader(level.index), level, k)
+
+
+def _block_mean_of(reader: Any, level: Level, k: int) -> npt.NDArray[np.uint8]:
     h, w = level.shape
     # Strips of whole k-blocks bound memory to about 64 Mpx of the level at a time.
     strip = max(1, (64_000_000 // max(1, w)) // k) * k
